@@ -1,0 +1,20 @@
+"""DDPM on the embedded 8x8 scikit-learn digits: the default run, trains on a 2-core CPU.
+
+The paper's recipe (Ho et al. 2020: linear betas 1e-4..0.02, T = 1000, epsilon prediction,
+simple loss, Adam with warmup and clipping, EMA, ancestral sampling with sigma_t^2 = beta_t)
+on a small U-Net sized for 8x8x1 images. Not a paper setting; `configs/ddpm/cifar10.py` is.
+"""
+from configs import base
+
+
+def get_config(arg=None):
+    config = base.ddpm_config()
+    config.data.dataset = "digits"
+    config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,),
+                        dropout=0.0)
+    config.training.update(num_steps=3000, batch_size=128, checkpoint_every=1000,
+                           log_every=100, ema_decay=0.999)
+    config.optim.update(lr=1e-3, warmup_steps=200)
+    config.sampling.update(num_samples=100, batch_size=100, method="ancestral", num_steps=1000)
+    config.eval.update(num_samples=1000, batch_size=500)
+    return config

@@ -1,0 +1,126 @@
+"""Gaussian-mixture data with exact denoisers, scores and (for one Gaussian) exact ODE flows.
+
+These closed forms are the ground truth the tests and experiments hold every process, sampler
+and likelihood to. Data points are flat vectors of dimension d; reshape images around them.
+
+Noise conventions:
+- EDM / VE: x = x0 + sigma * n. The noisy marginal of component k is N(mu_k, C_k + sigma^2 I),
+  the denoiser is D(x, sigma) = E[x0 | x] and the score is (D(x, sigma) - x) / sigma^2
+  (Tweedie's formula, Karras et al. 2022, Eq. 3).
+- VP: x_t = alpha x0 + sigma n. Then x_t / alpha = x0 + (sigma / alpha) n, so
+  E[x0 | x_t] = D(x_t / alpha, sigma / alpha) and score = (alpha E[x0 | x_t] - x_t) / sigma^2.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GaussianMixture:
+    """sum_k w_k N(mu_k, C_k); `labels[k]` is the class of component k (for conditional use)."""
+
+    weights: jax.Array  # (K,)
+    means: jax.Array  # (K, d)
+    covs: jax.Array  # (K, d, d)
+    labels: Optional[jax.Array] = None  # (K,) int
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[-1]
+
+    @property
+    def mean(self) -> jax.Array:
+        return jnp.einsum("k,kd->d", self.weights, self.means)
+
+    @property
+    def covariance(self) -> jax.Array:
+        """Law of total covariance: sum_k w_k (C_k + mu_k mu_k^T) - mu mu^T."""
+        mu = self.mean
+        second = jnp.einsum("k,kij->ij", self.weights, self.covs) + jnp.einsum(
+            "k,ki,kj->ij", self.weights, self.means, self.means)
+        return second - jnp.outer(mu, mu)
+
+    def sample(self, rng: jax.Array, n: int, cond: Optional[jax.Array] = None) -> jax.Array:
+        k_rng, z_rng = jax.random.split(rng)
+        logits = jnp.broadcast_to(jnp.log(self.weights), (n, self.weights.shape[0]))
+        logits = logits + self._class_mask(cond, n)
+        comp = jax.random.categorical(k_rng, logits, axis=-1)
+        chol = jnp.linalg.cholesky(self.covs)[comp]
+        z = jax.random.normal(z_rng, (n, self.dim))
+        return self.means[comp] + jnp.einsum("nij,nj->ni", chol, z)
+
+    def log_prob(self, x: jax.Array, sigma: jax.Array | float = 0.0) -> jax.Array:
+        """log p_sigma(x) of the mixture convolved with N(0, sigma^2 I); x is (B, d)."""
+        return jax.nn.logsumexp(self._component_log_probs(x, sigma), axis=-1)
+
+    def denoiser(self, x: jax.Array, sigma: jax.Array | float,
+                 cond: Optional[jax.Array] = None) -> jax.Array:
+        """D(x, sigma) = E[x0 | x0 + sigma n = x] (per class if `cond` is given)."""
+        sigma = _per_example(sigma, x)
+        logp = self._component_log_probs(x, sigma) + self._class_mask(cond, x.shape[0])
+        resp = jax.nn.softmax(logp, axis=-1)  # (B, K)
+        eye = jnp.eye(self.dim)
+        noisy_cov = self.covs[None] + (sigma**2)[:, None, None, None] * eye  # (B, K, d, d)
+        diff = x[:, None, :] - self.means[None]  # (B, K, d)
+        solved = jnp.linalg.solve(noisy_cov, diff[..., None])[..., 0]
+        post_mean = self.means[None] + jnp.einsum("kij,bkj->bki", self.covs, solved)
+        return jnp.einsum("bk,bkd->bd", resp, post_mean)
+
+    def score(self, x: jax.Array, sigma: jax.Array | float,
+              cond: Optional[jax.Array] = None) -> jax.Array:
+        """grad_x log p_sigma(x) for x = x0 + sigma n (VE convention)."""
+        sigma = _per_example(sigma, x)
+        return (self.denoiser(x, sigma, cond) - x) / (sigma**2)[:, None]
+
+    def vp_score(self, x: jax.Array, alpha: jax.Array | float, sigma: jax.Array | float,
+                 cond: Optional[jax.Array] = None) -> jax.Array:
+        """grad log p(x_t) for x_t = alpha x0 + sigma n."""
+        alpha, sigma = _per_example(alpha, x), _per_example(sigma, x)
+        x0 = self.denoiser(x / alpha[:, None], sigma / alpha, cond)
+        return (alpha[:, None] * x0 - x) / (sigma**2)[:, None]
+
+    def _component_log_probs(self, x, sigma):
+        sigma = _per_example(sigma, x)
+        noisy_cov = self.covs[None] + (sigma**2)[:, None, None, None] * jnp.eye(self.dim)
+        diff = x[:, None, :] - self.means[None]
+        chol = jnp.linalg.cholesky(noisy_cov)
+        white = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        quad = jnp.sum(white**2, axis=-1)
+        return jnp.log(self.weights) - 0.5 * (quad + logdet + self.dim * jnp.log(2 * jnp.pi))
+
+    def _class_mask(self, cond, n):
+        if cond is None:
+            return jnp.zeros((n, self.weights.shape[0]))
+        if self.labels is None:
+            raise ValueError("a class-conditional query needs a mixture with `labels`")
+        return jnp.where(self.labels[None, :] == cond[:, None], 0.0, -jnp.inf)
+
+
+def gaussian(mean: jax.Array, cov: jax.Array) -> GaussianMixture:
+    """A single Gaussian N(mean, cov) as a one-component mixture."""
+    return GaussianMixture(jnp.ones((1,)), mean[None], cov[None])
+
+
+def gaussian_ode_flow(x: jax.Array, mean: jax.Array, cov: jax.Array,
+                      sigma_from: jax.Array | float, sigma_to: jax.Array | float) -> jax.Array:
+    """Exact probability-flow ODE map of N(mean, cov) data from noise level sigma_from to sigma_to.
+
+    dx/dsigma = (x - D(x, sigma)) / sigma = sigma (C + sigma^2 I)^{-1} (x - mu) (Karras et al. 2022,
+    Eq. 4 with sigma(t) = t). In the eigenbasis of C = U diag(lam) U^T each coordinate scales as
+    y(sigma_to) = y(sigma_from) sqrt((lam + sigma_to^2) / (lam + sigma_from^2)).
+    """
+    lam, u = jnp.linalg.eigh(cov)
+    sigma_from, sigma_to = _per_example(sigma_from, x), _per_example(sigma_to, x)
+    y = (x - mean) @ u
+    scale = jnp.sqrt((lam[None] + sigma_to[:, None]**2) / (lam[None] + sigma_from[:, None]**2))
+    return mean + (y * scale) @ u.T
+
+
+def _per_example(value, x):
+    return jnp.broadcast_to(jnp.asarray(value, dtype=x.dtype), (x.shape[0],))

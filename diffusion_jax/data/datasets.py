@@ -1,0 +1,87 @@
+"""Data sets by name: their image shape, class count and how an example becomes an image.
+
+Every data set yields images as float32 NHWC in [-1, 1] and int32 labels. `digits` is embedded
+(scikit-learn); the others are TFDS data sets read without TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+
+from diffusion_jax.data import digits
+from diffusion_jax.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    num_levels: int  # quantisation levels of a pixel, for dequantisation and bits/dim
+    tfds_name: Optional[str] = None
+    crop: Optional[int] = None  # centre crop before resizing (CelebA: 140)
+
+
+DATASETS = {
+    "digits": DatasetSpec((8, 8, 1), 10, digits.NUM_LEVELS),
+    "mnist": DatasetSpec((28, 28, 1), 10, 256, "mnist"),
+    "fashion_mnist": DatasetSpec((28, 28, 1), 10, 256, "fashion_mnist"),
+    "cifar10": DatasetSpec((32, 32, 3), 10, 256, "cifar10"),
+    "celeb_a": DatasetSpec((64, 64, 3), 0, 256, "celeb_a", crop=140),
+}
+
+
+class ArraySource:
+    """An in-memory random-access source with the same interface as a TFDS data source."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+
+def _uint8_to_unit(image: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if spec.crop is not None:
+        h, w = image.shape[:2]
+        top, left = (h - spec.crop) // 2, (w - spec.crop) // 2
+        image = image[top:top + spec.crop, left:left + spec.crop]
+    if image.shape != spec.image_shape:
+        from PIL import Image
+
+        size = spec.image_shape[:2]
+        squeeze = image.shape[-1] == 1
+        pil = Image.fromarray(image[..., 0] if squeeze else image)
+        image = np.asarray(pil.resize((size[1], size[0]), Image.BICUBIC))
+        image = image[..., None] if squeeze else image
+    return image.astype(np.float32) / 127.5 - 1.0
+
+
+def open_dataset(name: str, split: str, *, data_dir: Optional[str] = None,
+                 download: bool = False) -> tuple[DatasetSpec, object, Callable]:
+    """(spec, random-access source, example -> (image in [-1, 1], label))."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[name]
+    if spec.tfds_name is None:
+        return spec, ArraySource(*digits.load_digits_arrays(split)), _identity_example
+    from diffusion_jax.data.tfds_source import open_source
+
+    source = open_source(spec.tfds_name, split, data_dir, download)
+
+    def decode(example):
+        label = np.int32(example.get("label", 0)) if spec.num_classes else np.int32(0)
+        return _uint8_to_unit(example["image"], spec), label
+
+    return spec, source, decode
+
+
+def _identity_example(example):
+    return example["image"], np.int32(example["label"])

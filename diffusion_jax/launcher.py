@@ -1,0 +1,88 @@
+"""The launcher's modes: train, sample, eval, info. `launch.py` parses flags and calls `run`."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax import builders, parallel, sampling, workdir as workdir_io
+from diffusion_jax.errors import choose
+from diffusion_jax.flops import count_flops
+from diffusion_jax.models.unet import count_params
+
+MODES = ("train", "sample", "eval", "info")
+
+
+def run(config, workdir: str, mode: str) -> int:
+    """Run one mode; returns the process exit status."""
+    choose("mode", mode, MODES)
+    d = config.distributed
+    parallel.initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
+    if mode == "info":
+        return info(config)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        workdir_io.write_config(workdir, config)
+        with open(os.path.join(workdir, "run.json"), "w") as f:
+            json.dump(workdir_io.run_metadata(config.training.seed), f, indent=2)
+    mesh = parallel.make_mesh()
+    if mode == "train":
+        from diffusion_jax.training.loop import train
+
+        state, interrupted = train(config, workdir, mesh)
+        if interrupted:
+            print(f"stopped by SIGTERM at step {int(state.step)}; checkpoint saved", flush=True)
+            return 143
+        if config.training.sample_at_end:
+            method = builders.build_method(config)
+            return _sample(config, workdir, mesh, method, state)
+        return 0
+    from diffusion_jax.training.loop import restore_state
+
+    method, state = restore_state(config, workdir, mesh)
+    if mode == "sample":
+        return _sample(config, workdir, mesh, method, state)
+    from diffusion_jax.evaluation.runner import evaluate
+
+    return evaluate(config, workdir, mesh, method, state)
+
+
+def _sample(config, workdir, mesh, method, state) -> int:
+    s = config.sampling
+    params = state.ema_params if s.use_ema else state.params
+    options = sampling.sampler_options(method, s)
+    batch = _fit_batch(s.batch_size, mesh)
+    images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples, batch,
+                               mesh, options)
+    if jax.process_index() == 0:
+        labels = sampling.class_labels(len(images), method.num_classes)
+        png = sampling.save_samples(os.path.join(workdir, "samples"),
+                                    f"step_{int(state.step)}", images, labels)
+        print(f"wrote {len(images)} samples to {png}", flush=True)
+    return 0
+
+
+def _fit_batch(batch_size: int, mesh) -> int:
+    """The smallest multiple of the device count that is at least `batch_size`."""
+    n = mesh.devices.size
+    return -(-batch_size // n) * n
+
+
+def info(config) -> int:
+    """Print `params: N` and `flops: N` (forward FLOPs of one example) of the model."""
+    method = builders.build_method(config)
+    params = jax.eval_shape(method.init_params, jax.random.PRNGKey(0))
+    print(f"params: {count_params(params)}")
+    print(f"flops: {forward_flops(method, params)}")
+    return 0
+
+
+def forward_flops(method, params) -> int:
+    """FLOPs of one network evaluation on one example (matrix products and convolutions,
+    multiply-add = 2; diffusion_jax.flops)."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(method.image_shape), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    cond = jax.ShapeDtypeStruct((1,), jnp.int32) if method.num_classes else None
+    return count_flops(lambda p, x, t, c: method.apply(p, x, t, c), params, x, t, cond)

@@ -1,0 +1,99 @@
+"""DDPM (Ho et al. 2020): the discrete forward chain, its simple loss, ancestral and DDIM sampling.
+
+q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (Eq. 4); the network predicts
+epsilon, x0 or v; the simple loss is E ||target - prediction||^2 (Eq. 14, mean over pixels).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.processes import parameterization
+from diffusion_jax.processes.schedules import DiscreteSchedule
+from diffusion_jax.samplers import ddpm as ddpm_samplers
+
+
+def q_sample(schedule: DiscreteSchedule, x0: jax.Array, t: jax.Array, noise: jax.Array):
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t integer indices (B,)."""
+    alpha, sigma = marginal_coefficients(schedule, t)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    return alpha.reshape(shape) * x0 + sigma.reshape(shape) * noise
+
+
+def marginal_coefficients(schedule: DiscreteSchedule, t: jax.Array):
+    """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) at integer (or float) t."""
+    ab = schedule.alpha_bars[jnp.asarray(t).astype(jnp.int32)]
+    return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+
+
+def drop_labels(rng, labels, p: float, null_label: int):
+    """Replace each label by the null label with probability p (classifier-free guidance)."""
+    return jnp.where(jax.random.uniform(rng, labels.shape) < p, null_label, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPM:
+    """The DDPM method: model + discrete schedule + prediction target."""
+
+    model: Any  # flax module, apply(params, x, t, cond, train)
+    schedule: DiscreteSchedule
+    image_shape: tuple
+    prediction: str = "epsilon"
+    num_classes: int = 0
+    label_dropout: float = 0.0
+
+    def init_params(self, rng: jax.Array):
+        x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
+        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        return jax.jit(self.model.init)(rng, x, jnp.zeros((1,)), cond)["params"]
+
+    def apply(self, params, x, t, cond=None, *, train: bool = False, rng=None):
+        rngs = {"dropout": rng} if train else None
+        return self.model.apply({"params": params}, x, t, cond, train=train, rngs=rngs)
+
+    def loss(self, params, batch: dict, rng: jax.Array):
+        """L_simple: t ~ U{0..T-1}, eps ~ N(0, I), mean ||target - model(x_t, t)||^2."""
+        x0 = batch["image"]
+        t_rng, n_rng, d_rng, l_rng = jax.random.split(rng, 4)
+        t = jax.random.randint(t_rng, (x0.shape[0],), 0, self.schedule.num_timesteps)
+        noise = jax.random.normal(n_rng, x0.shape)
+        x_t = q_sample(self.schedule, x0, t, noise)
+        cond = self._train_labels(batch, l_rng)
+        pred = self.apply(params, x_t, t.astype(jnp.float32), cond, train=True, rng=d_rng)
+        alpha, sigma = marginal_coefficients(self.schedule, t)
+        target = parameterization.target(self.prediction, x0, noise, alpha, sigma)
+        loss = jnp.mean((pred - target) ** 2)
+        return loss, {}
+
+    def _train_labels(self, batch, rng):
+        if not self.num_classes:
+            return None
+        return drop_labels(rng, batch["label"], self.label_dropout, self.num_classes)
+
+    def eps_fn(self, params, cond: Optional[jax.Array] = None):
+        """The noise prediction eps(x_t, t) of the network, whatever its prediction target."""
+
+        def eps(x_t, t):
+            pred = self.apply(params, x_t, t, cond)
+            alpha, sigma = marginal_coefficients(self.schedule, t)
+            return parameterization.to_eps(self.prediction, pred, x_t, alpha, sigma)
+
+        return eps
+
+    def sample(self, params, rng, x_init, cond=None, *, method: str = "ancestral",
+               num_steps: int = 1000, eta: float = 0.0, variance: str = "beta",
+               clip_x0: bool = False, spacing: str = "uniform"):
+        """Images from the noise `x_init` by ancestral sampling or DDIM."""
+        eps = self.eps_fn(params, cond)
+        if method == "ancestral":
+            return ddpm_samplers.ancestral_sample(eps, self.schedule, rng, x_init.shape,
+                                                  variance=variance, clip_x0=clip_x0,
+                                                  num_steps=num_steps, x_init=x_init)
+        if method == "ddim":
+            return ddpm_samplers.ddim_sample(eps, self.schedule, rng, x_init.shape,
+                                             num_steps=num_steps, eta=eta, spacing=spacing,
+                                             x_init=x_init)
+        raise ValueError(f"unknown DDPM sampler {method!r}; valid: ancestral, ddim")

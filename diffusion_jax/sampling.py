@@ -1,0 +1,89 @@
+"""Generating images with any method's sampler, batched and sharded over every device."""
+from __future__ import annotations
+
+import inspect
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax import images as image_io
+from diffusion_jax import parallel
+from diffusion_jax.errors import ConfigError
+
+GENERIC_SAMPLING_KEYS = ("num_samples", "batch_size", "use_ema", "seed")
+
+
+def sampler_options(method, sampling_config) -> dict:
+    """`config.sampling` minus the generic keys, checked against the method's `sample`."""
+    params = inspect.signature(method.sample).parameters
+    valid = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY]
+    options = {}
+    for key, value in sampling_config.items():
+        if key in GENERIC_SAMPLING_KEYS:
+            continue
+        if key not in valid:
+            raise ConfigError(f"unknown key sampling.{key} for method "
+                              f"{type(method).__name__}; valid: "
+                              f"{', '.join(sorted(valid + list(GENERIC_SAMPLING_KEYS)))}")
+        options[key] = value
+    return options
+
+
+def make_sample_fn(method, mesh, options: dict):
+    """jit(params, rng, x_init, cond) -> images, with the batch split over the mesh."""
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+    def sample(params, rng, x_init, cond):
+        return method.sample(params, rng, x_init, cond, **options)
+
+    return jax.jit(sample, in_shardings=(rep, rep, shard, shard), out_shardings=shard)
+
+
+def class_labels(num: int, num_classes: int, offset: int = 0):
+    """Labels 0, 1, ..., cycling, for class-conditional models (None when unconditional)."""
+    if not num_classes:
+        return None
+    return ((np.arange(num) + offset) % num_classes).astype(np.int32)
+
+
+def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict,
+             start_batch: int = 0, on_batch=None) -> np.ndarray:
+    """`num` images in batches of `batch_size` (a multiple of the device count).
+
+    Batch b uses fold_in(rng, b) and class labels continuing from b * batch_size, so a resumed
+    generation (`start_batch`) draws the same images. `on_batch(b, images, labels)` is called
+    after each batch (to save it); the concatenated images of the batches run are returned.
+    """
+    ndev = mesh.devices.size
+    if batch_size % ndev:
+        raise ConfigError(f"sampling batch size {batch_size} is not divisible by the "
+                          f"{ndev} devices")
+    fn = make_sample_fn(method, mesh, options)
+    shape = tuple(method.image_shape)
+    out = []
+    num_batches = -(-num // batch_size)
+    for b in range(start_batch, num_batches):
+        brng = jax.random.fold_in(rng, b)
+        noise_rng, sample_rng = jax.random.split(brng)
+        x_init = jax.random.normal(noise_rng, (batch_size,) + shape)
+        labels = class_labels(batch_size, method.num_classes, b * batch_size)
+        cond = None if labels is None else jnp.asarray(labels)
+        imgs = parallel.to_host(fn(params, sample_rng, x_init, cond))
+        imgs = imgs[:min(batch_size, num - b * batch_size)]
+        if on_batch is not None:
+            on_batch(b, imgs, None if labels is None else labels[:len(imgs)])
+        out.append(imgs)
+    return np.concatenate(out) if out else np.zeros((0,) + shape, np.float32)
+
+
+def save_samples(directory: str, name: str, images: np.ndarray, labels=None) -> str:
+    """`name.png` (grid, small images enlarged) and `name.npz` (raw images, labels) in directory."""
+    os.makedirs(directory, exist_ok=True)
+    upscale = max(1, 64 // images.shape[1])
+    png = os.path.join(directory, f"{name}.png")
+    image_io.save_grid(png, images[:256], upscale=upscale)
+    arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
+    np.savez_compressed(os.path.join(directory, f"{name}.npz"), **arrays)
+    return png

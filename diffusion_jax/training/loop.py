@@ -1,0 +1,146 @@
+"""The generic training loop: data -> jitted step -> logs and checkpoints, with resume.
+
+It knows nothing about the method: it calls `method.init_params` and `method.loss` only.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+
+from diffusion_jax import builders, parallel
+from diffusion_jax.data.datasets import open_dataset
+from diffusion_jax.data.loader import BatchLoader, LoaderState
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.training.checkpoint import Checkpointer
+from diffusion_jax.training.optim import make_optimizer
+from diffusion_jax.training.state import TrainState, create_train_state
+from diffusion_jax.training.step import jit_train_step
+from diffusion_jax.workdir import MetricsLog
+
+
+class Progress:
+    """A one-line progress bar on stderr: steps, loss, images/s (process 0 only)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+        self.tty = sys.stderr.isatty()
+
+    def update(self, step: int, loss: float, images_per_s: float) -> None:
+        if not self.enabled:
+            return
+        done = int(30 * step / max(self.total, 1))
+        line = (f"[{'#' * done}{'.' * (30 - done)}] step {step}/{self.total} "
+                f"loss {loss:.4f} {images_per_s:,.0f} img/s")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Yields an Event set by SIGTERM, so the loop can checkpoint and exit cleanly."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _create(method, optimizer, seed: int) -> TrainState:
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+    return create_train_state(method.init_params(init_rng), optimizer, train_rng)
+
+
+def initial_state(method, optimizer, seed: int, mesh) -> TrainState:
+    """The state at step 0: parameters initialised from the seed, replicated over the mesh."""
+    return jax.device_put(_create(method, optimizer, seed), parallel.replicated(mesh))
+
+
+def abstract_state(method, optimizer, mesh) -> TrainState:
+    """Shapes, dtypes and (replicated) shardings of the train state, computing nothing."""
+    shapes = jax.eval_shape(lambda: _create(method, optimizer, 0))
+    rep = parallel.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+
+
+def restore_state(config, workdir: str, mesh):
+    """(method, state) of the newest checkpoint in `workdir`, for sampling and evaluation."""
+    method = builders.build_method(config)
+    optimizer = make_optimizer(config.optim)
+    state, _ = Checkpointer(workdir, read_only=True).restore(
+        abstract_state(method, optimizer, mesh))
+    return method, state
+
+
+def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
+    """Train to `training.num_steps`, resuming from the newest checkpoint in `workdir`.
+
+    Returns the final state and whether SIGTERM stopped the run early (after a checkpoint).
+    """
+    t = config.training
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    if t.batch_size % mesh.devices.size:
+        raise ConfigError(f"training.batch_size {t.batch_size} is not divisible by the "
+                          f"{mesh.devices.size} devices")
+    method = builders.build_method(config)
+    optimizer = make_optimizer(config.optim)
+    _, source, decode = open_dataset(config.data.dataset, "train",
+                                     data_dir=config.data.data_dir or None,
+                                     download=config.data.download)
+    loader = BatchLoader(source, decode, global_batch=t.batch_size, seed=t.seed,
+                         random_flip=config.data.random_flip,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+
+    checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
+    if checkpointer.latest_step() is not None:
+        state, loader_state = checkpointer.restore(abstract_state(method, optimizer, mesh))
+        loader.state = LoaderState.from_dict(loader_state)
+    else:
+        state = initial_state(method, optimizer, t.seed, mesh)
+    step = int(state.step)
+    is_main = jax.process_index() == 0
+    log = MetricsLog(workdir, resume_step=step, enabled=is_main)
+    progress = Progress(t.num_steps, is_main)
+    step_fn = jit_train_step(method.loss, optimizer, t.ema_decay, mesh)
+
+    interrupted = False
+    pending, last_time, last_step = [], time.perf_counter(), step
+    with stop_on_sigterm() as sigterm:
+        batches = iter(loader)
+        while step < t.num_steps:
+            images, labels = next(batches)
+            batch = parallel.global_batch({"image": images, "label": labels}, mesh)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            pending.append(metrics)
+            if step % t.log_every == 0 or step == t.num_steps:
+                means = {k: float(np.mean([jax.device_get(m[k]) for m in pending]))
+                         for k in pending[0]}
+                now = time.perf_counter()
+                means["images_per_s"] = (step - last_step) * t.batch_size / (now - last_time)
+                log.write(step, means)
+                progress.update(step, means["loss"], means["images_per_s"])
+                pending, last_time, last_step = [], now, step
+            if sigterm.is_set() or step % t.checkpoint_every == 0 or step == t.num_steps:
+                checkpointer.save(step, state, loader.state.as_dict())
+            if sigterm.is_set():
+                interrupted = True
+                break
+        batches.close()
+    progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+    return state, interrupted
