@@ -20,23 +20,21 @@ class DiscreteSchedule:
     alphas: jax.Array  # (T,) alpha_t = 1 - beta_t
     alpha_bars: jax.Array  # (T,) prod_{s <= t} alpha_s
     alpha_bars_prev: jax.Array  # (T,) alpha_bar_{t-1}, with alpha_bar_0 = 1
+    posterior_variance: jax.Array  # (T,) beta-tilde_t = (1 - ab_{t-1}) / (1 - ab_t) beta_t (Eq. 7)
 
     @property
     def num_timesteps(self) -> int:
         return self.betas.shape[0]
-
-    @property
-    def posterior_variance(self) -> jax.Array:
-        """beta-tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t (Ho et al. Eq. 7)."""
-        return (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars) * self.betas
 
 
 def from_betas(betas) -> DiscreteSchedule:
     betas64 = np.asarray(betas, dtype=np.float64)
     alpha_bars = np.cumprod(1.0 - betas64)
     alpha_bars_prev = np.concatenate([[1.0], alpha_bars[:-1]])
+    posterior_variance = (1.0 - alpha_bars_prev) / (1.0 - alpha_bars) * betas64
     f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
-    return DiscreteSchedule(f32(betas64), f32(1.0 - betas64), f32(alpha_bars), f32(alpha_bars_prev))
+    return DiscreteSchedule(f32(betas64), f32(1.0 - betas64), f32(alpha_bars),
+                            f32(alpha_bars_prev), f32(posterior_variance))
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:

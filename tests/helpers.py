@@ -1,0 +1,26 @@
+"""Small configs shared by the tests: tiny networks so every run takes seconds on a CPU."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from configs.ddpm import digits  # noqa: E402
+
+TINY_MODEL = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+TINY_OVERRIDES = ["--config.model.ch=16", "--config.model.ch_mult=(1,2)",
+                  "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=()",
+                  "--config.diffusion.num_timesteps=100"]
+
+
+def tiny_ddpm_config(**training):
+    """The digits DDPM config with a tiny U-Net, T = 100 and the given training overrides."""
+    config = digits.get_config()
+    config.model.update(TINY_MODEL)
+    config.diffusion.num_timesteps = 100
+    config.training.update(dict(dict(num_steps=20, batch_size=32, checkpoint_every=10,
+                                     log_every=5, sample_at_end=False), **training))
+    config.optim.update(warmup_steps=0, lr=2e-3)
+    config.sampling.update(num_samples=8, batch_size=8, num_steps=100)
+    return config
