@@ -10,7 +10,7 @@ import importlib.util
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -81,6 +81,7 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.ERROR)
     from diffusion_jax.errors import UserError
     from diffusion_jax.launcher import run
 

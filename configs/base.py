@@ -6,6 +6,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Keys every method shares; the launcher and the generic loop read these."""
     c = ml_collections.ConfigDict()
     c.method = "ddpm"
+    c.compilation_cache_dir = "~/.cache/diffusion_jax/xla"  # persistent XLA cache; "" = off
     c.model = ml_collections.ConfigDict(dict(name="unet", dtype="float32",
                                              class_conditional=False))
     c.data = ml_collections.ConfigDict(dict(dataset="digits", data_dir="", download=False,

@@ -18,6 +18,9 @@ MODES = ("train", "sample", "eval", "info")
 def run(config, workdir: str, mode: str) -> int:
     """Run one mode; returns the process exit status."""
     choose("mode", mode, MODES)
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir",
+                          os.path.expanduser(config.compilation_cache_dir))
     d = config.distributed
     parallel.initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
     if mode == "info":

@@ -18,10 +18,10 @@ def open_source(name: str, split: str, data_dir: str | None, download: bool):
                         f"tensorflow-datasets ({e})") from None
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-    except Exception as e:  # TFDS raises assorted types for "not prepared" and bad names
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception:  # TFDS raises assorted types for "not prepared" and bad names
         raise DataError(
-            f"TFDS data set {name!r} (split {split!r}) is not available in "
-            f"{data_dir or '~/tensorflow_datasets'}: {first}. Prepare it once with "
-            f"`tfds build {name} --data_dir=DIR` on a machine with internet (needs TensorFlow), "
+            f"TFDS data set {name!r} (split {split!r}) is not available (not prepared as "
+            f"ArrayRecord) in {data_dir or '~/tensorflow_datasets'}. Prepare it once with "
+            f"`tfds build {name} --file_format=array_record --data_dir=DIR` (needs TensorFlow "
+            f"and internet) and set --config.data.data_dir=DIR, "
             f"or set --config.data.download=True") from None
