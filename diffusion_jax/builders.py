@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.methods.ddpm import DDPM
+from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
 from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.processes import parameterization, schedules
@@ -62,8 +63,19 @@ def build_ddpm(config, model):
                 num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0))
 
 
-METHODS = {"ddpm": build_ddpm}
-SAMPLERS = {"ddpm": ("ancestral", "ddim")}
+def build_edm(config, model):
+    """EDM (Karras et al. 2022) around `model`, which gets c_noise of `edm.precond` as noise input."""
+    e = config.edm
+    choose("preconditioning (edm.precond)", e.precond, PRECONDITIONINGS)
+    if config.sampling.get("guidance_scale", 1.0) != 1.0 and not num_classes(config):
+        raise ConfigError("sampling.guidance_scale != 1 needs model.class_conditional=True")
+    return EDM(model=model, image_shape=dataset_spec(config).image_shape,
+               num_classes=num_classes(config), label_dropout=e.label_dropout,
+               sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond)
+
+
+METHODS = {"ddpm": build_ddpm, "edm": build_edm}
+SAMPLERS = {"ddpm": ("ancestral", "ddim"), "edm": FAST_SAMPLERS}
 
 
 def build_method(config):

@@ -31,18 +31,29 @@ def sampler_options(method, sampling_config) -> dict:
     return options
 
 
-def make_sample_fn(method, mesh, options: dict):
-    """jit(params, rng, x_init, cond) -> images, with the batch split over the mesh."""
+def make_sample_fn(method, mesh, options: dict, batch_size: int):
+    """jit(params, rng, label_offset) -> a batch of images, split over the mesh's data axis.
+
+    The initial noise and the class labels ((offset + i) mod num_classes) are made inside the
+    program, laid out over the devices, so no host array is fed to it (multi-host safe).
+    """
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    shape = (batch_size,) + tuple(method.image_shape)
 
-    def sample(params, rng, x_init, cond):
-        return method.sample(params, rng, x_init, cond, **options)
+    def sample(params, rng, label_offset):
+        noise_rng, sample_rng = jax.random.split(rng)
+        x_init = jax.lax.with_sharding_constraint(jax.random.normal(noise_rng, shape), shard)
+        cond = None
+        if method.num_classes:
+            cond = (jnp.arange(batch_size) + label_offset) % method.num_classes
+            cond = jax.lax.with_sharding_constraint(cond.astype(jnp.int32), shard)
+        return method.sample(params, sample_rng, x_init, cond, **options)
 
-    return jax.jit(sample, in_shardings=(rep, rep, shard, shard), out_shardings=shard)
+    return jax.jit(sample, in_shardings=(rep, rep, rep), out_shardings=shard)
 
 
 def class_labels(num: int, num_classes: int, offset: int = 0):
-    """Labels 0, 1, ..., cycling, for class-conditional models (None when unconditional)."""
+    """Labels offset, offset + 1, ... mod num_classes (None when unconditional)."""
     if not num_classes:
         return None
     return ((np.arange(num) + offset) % num_classes).astype(np.int32)
@@ -60,22 +71,18 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict
     if batch_size % ndev:
         raise ConfigError(f"sampling batch size {batch_size} is not divisible by the "
                           f"{ndev} devices")
-    fn = make_sample_fn(method, mesh, options)
-    shape = tuple(method.image_shape)
+    fn = make_sample_fn(method, mesh, options, batch_size)
     out = []
-    num_batches = -(-num // batch_size)
-    for b in range(start_batch, num_batches):
-        brng = jax.random.fold_in(rng, b)
-        noise_rng, sample_rng = jax.random.split(brng)
-        x_init = jax.random.normal(noise_rng, (batch_size,) + shape)
-        labels = class_labels(batch_size, method.num_classes, b * batch_size)
-        cond = None if labels is None else jnp.asarray(labels)
-        imgs = parallel.to_host(fn(params, sample_rng, x_init, cond))
+    for b in range(start_batch, -(-num // batch_size)):
+        imgs = parallel.to_host(fn(params, jax.random.fold_in(rng, b), b * batch_size))
         imgs = imgs[:min(batch_size, num - b * batch_size)]
         if on_batch is not None:
+            labels = class_labels(batch_size, method.num_classes, b * batch_size)
             on_batch(b, imgs, None if labels is None else labels[:len(imgs)])
         out.append(imgs)
-    return np.concatenate(out) if out else np.zeros((0,) + shape, np.float32)
+    if not out:
+        return np.zeros((0,) + tuple(method.image_shape), np.float32)
+    return np.concatenate(out)
 
 
 def save_samples(directory: str, name: str, images: np.ndarray, labels=None) -> str:

@@ -122,3 +122,23 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert proc.returncode == 143, err[-3000:]
     steps = os.listdir(workdir / "checkpoints")
     assert len(steps) == 1 and int(steps[0]) >= 5
+
+
+def test_eval_writes_metrics_and_resumes_without_redoing_finished_batches(trained):
+    args = tiny(trained, "--mode=eval", "--config.eval.num_samples=24",
+                "--config.eval.batch_size=8", "--config.sampling.method=ddim",
+                "--config.sampling.num_steps=5")
+    result = launch(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "digits_frechet_distance" in result.stdout
+    directory = trained / "eval" / "step_20"
+    metrics = json.load(open(directory / "metrics.json"))
+    assert metrics["num_samples"] == 24 and metrics["digits_frechet_distance"] > 0
+    last = np.load(directory / "batch_00002.npz")["images"]
+    os.remove(directory / "batch_00002.npz")
+    kept = {b: os.path.getmtime(directory / f"batch_0000{b}.npz") for b in (0, 1)}
+    result = launch(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert kept == {b: os.path.getmtime(directory / f"batch_0000{b}.npz") for b in (0, 1)}
+    np.testing.assert_allclose(np.load(directory / "batch_00002.npz")["images"], last, atol=1e-5)
+    assert json.load(open(directory / "metrics.json")) == pytest.approx(metrics, rel=1e-5)

@@ -10,11 +10,11 @@ from configs import base
 def get_config(arg=None):
     config = base.ddpm_config()
     config.data.dataset = "digits"
-    config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,),
+    config.model.update(ch=48, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
                         dropout=0.0)
-    config.training.update(num_steps=3000, batch_size=128, checkpoint_every=1000,
-                           log_every=100, ema_decay=0.999)
-    config.optim.update(lr=1e-3, warmup_steps=200)
+    config.training.update(num_steps=1500, batch_size=64, checkpoint_every=500,
+                           log_every=50, ema_decay=0.995)
+    config.optim.update(lr=1e-3, warmup_steps=100)
     config.sampling.update(num_samples=100, batch_size=100, method="ancestral", num_steps=1000)
     config.eval.update(num_samples=1000, batch_size=500)
     return config
