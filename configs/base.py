@@ -19,7 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
                                              weight_decay=0.0))
     c.sampling = ml_collections.ConfigDict(dict(num_samples=64, batch_size=64, use_ema=True,
                                                 seed=1))
-    c.eval = ml_collections.ConfigDict(dict(num_samples=50000, batch_size=500, split="test"))
+    c.eval = ml_collections.ConfigDict(dict(
+        num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,
+        inception_weights="", reference_stats=""))
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0,
                                                    process_id=-1))
     return c

@@ -6,8 +6,13 @@ fold_in(seed, b), so the images are the same). Metrics go to `workdir/eval/step_
 and one line of `metrics.jsonl` (`eval/` keys), and are printed as one table.
 
 Feature networks: the embedded digits use a small classifier trained on digits
-(`digits_features`): its Frechet distance is *not* FID. Other data sets need the Inception
-network of FID, which is not wired in yet, and are refused with a clear error.
+(`digits_features`): its Frechet distance is *not* FID, and its keys say `digits_`. Every other
+data set uses the FID Inception-v3 (2015-12-05 graph) whose weights `eval.inception_weights`
+names: FID against `eval.reference_stats` (an `.npz` with `mu`, `sigma`, e.g. the published
+CIFAR-10 training-set statistics) or, when that is empty, against `eval.num_reference` images of
+the `eval.reference_split` split; KID and precision/recall always use those real images.
+Protocol: samples are quantised to uint8, then resized to 299x299 bilinearly (pytorch-fid's
+path; see `inception.preprocess`).
 """
 from __future__ import annotations
 
@@ -36,31 +41,59 @@ def _load_batches(directory: str, count: int) -> np.ndarray:
                            for b in range(count)])
 
 
-def digits_metrics(samples: np.ndarray, reference: np.ndarray) -> dict:
-    """Frechet distance, KID, precision/recall and a classifier score in the digits feature
-    space (not FID: the features come from a small classifier trained on digits)."""
-    from diffusion_jax.evaluation.digits_features import digits_feature_fn
+def feature_metrics(features, samples, reference, prefix: str = "",
+                    reference_stats: tuple | None = None) -> dict:
+    """Frechet distance, KID, precision/recall and the classifier (Inception) score of
+    `samples` against `reference` images in the space of `features(images) -> (feats, logits)`."""
     from diffusion_jax.evaluation.frechet import feature_statistics, frechet_distance
     from diffusion_jax.evaluation.inception_score import inception_score
     from diffusion_jax.evaluation.kid import kernel_inception_distance
     from diffusion_jax.evaluation.precision_recall import precision_recall
 
-    features = digits_feature_fn()
     fake, fake_logits = features(samples)
     real, _ = features(reference)
-    fd = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
+    stats = reference_stats if reference_stats is not None else feature_statistics(real)
     kid, _ = kernel_inception_distance(fake, real, subset_size=min(1000, len(fake), len(real)))
-    score, _ = inception_score(fake_logits, splits=10)
+    score, _ = inception_score(fake_logits, splits=min(10, len(fake)))
     precision, recall = precision_recall(real, fake, k=3)
-    return {"digits_frechet_distance": fd, "digits_kid": kid, "digits_classifier_score": score,
+    name = "frechet_distance" if prefix else "fid"
+    return {f"{prefix}{name}": frechet_distance(*feature_statistics(fake), *stats),
+            f"{prefix}kid": kid, f"{prefix}{'classifier' if prefix else 'inception'}_score": score,
             "precision": precision, "recall": recall}
+
+
+def _reference_images(config, n: int) -> np.ndarray:
+    e = config.eval
+    _, source, decode = open_dataset(config.data.dataset, e.reference_split,
+                                     data_dir=config.data.data_dir or None,
+                                     download=config.data.download)
+    n = min(n, len(source))
+    return np.stack([decode(source[i])[0] for i in range(n)])
+
+
+def dataset_metrics(config, samples: np.ndarray) -> dict:
+    """The metrics of `samples` for the configured data set (see the module docstring)."""
+    e = config.eval
+    if config.data.dataset == "digits":
+        from diffusion_jax.evaluation.digits_features import digits_feature_fn
+
+        return feature_metrics(digits_feature_fn(), samples,
+                               _reference_images(config, e.num_reference), prefix="digits_")
+    from diffusion_jax.evaluation.frechet import load_statistics
+    from diffusion_jax.evaluation.inception import inception_feature_fn
+
+    if not e.inception_weights:
+        raise ConfigError(f"eval of {config.data.dataset!r} needs the FID Inception weights: "
+                          f"set eval.inception_weights (see tools/convert_inception_weights.py)")
+    if not os.path.exists(e.inception_weights):
+        raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
+    stats = load_statistics(e.reference_stats) if e.reference_stats else None
+    return feature_metrics(inception_feature_fn(e.inception_weights), samples,
+                           _reference_images(config, e.num_reference), reference_stats=stats)
 
 
 def evaluate(config, workdir: str, mesh, method, state) -> int:
     e, s = config.eval, config.sampling
-    if config.data.dataset != "digits":
-        raise ConfigError(f"--mode=eval has a feature network for 'digits' only; the Inception "
-                          f"network for FID on {config.data.dataset!r} is not wired in yet")
     step = int(state.step)
     directory = os.path.join(workdir, "eval", f"step_{step}")
     os.makedirs(directory, exist_ok=True)
@@ -79,8 +112,7 @@ def evaluate(config, workdir: str, mesh, method, state) -> int:
                           batch, mesh, sampling.sampler_options(method, s), start_batch=done,
                           on_batch=save)
     samples = _load_batches(directory, num_batches)[:e.num_samples]
-    _, source, _ = open_dataset("digits", e.split)
-    metrics = digits_metrics(samples, source.images)
+    metrics = dataset_metrics(config, samples)
     metrics["num_samples"] = len(samples)
     if jax.process_index() == 0:
         with open(os.path.join(directory, "metrics.json"), "w") as f:

@@ -1,0 +1,24 @@
+"""The eval runner's metric selection (the resumable sampling is tested in test_launcher.py)."""
+import numpy as np
+import pytest
+
+from configs.ddpm import cifar10, digits
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.evaluation.runner import dataset_metrics
+
+
+def test_fid_without_inception_weights_names_the_config_key():
+    with pytest.raises(ConfigError, match="eval.inception_weights"):
+        dataset_metrics(cifar10.get_config(), np.zeros((4, 32, 32, 3), np.float32))
+
+
+def test_digits_metrics_rank_real_digits_above_noise():
+    from diffusion_jax.data.digits import load_digits_arrays
+
+    config = digits.get_config()
+    real, _ = load_digits_arrays("test")
+    noise = np.random.default_rng(0).uniform(-1, 1, real.shape).astype(np.float32)
+    good, bad = dataset_metrics(config, real), dataset_metrics(config, noise)
+    assert good["digits_frechet_distance"] < 0.2 * bad["digits_frechet_distance"]
+    assert good["digits_classifier_score"] > 2 * bad["digits_classifier_score"]
+    assert good["recall"] > bad["recall"]
