@@ -17,13 +17,13 @@ from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.edm import FAST_SAMPLERS, fast_sample
 from diffusion_jax.training.loop import train
 
-TINY_MODEL = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
-TINY_OVERRIDES = ["--config.model.nf=8", "--config.model.ch_mult=(1,2)",
+TINY_MODEL = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
+TINY_OVERRIDES = ["--config.model.nf=8", "--config.model.ch_mult=(1,)",
                   "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=()"]
 
 
 def tiny_edm_config(get_config=digits.get_config, **training):
-    """The digits EDM config with an 8-channel DDPM++ and the given training overrides."""
+    """The digits EDM config with a one-level 8-channel DDPM++ and the given training overrides."""
     config = get_config()
     config.model.update(TINY_MODEL)
     config.training.update(dict(dict(num_steps=20, batch_size=32, checkpoint_every=100,
@@ -54,8 +54,8 @@ def test_fast_samplers_sample_gaussian_data_with_its_exact_denoiser(method):
     s = 0.5  # data N(0, s^2 I): D(x, sigma) = s^2 / (s^2 + sigma^2) x
     denoiser = lambda x, sigma: (s**2 / (s**2 + sigma**2))[:, None] * x
     x_init = jax.random.normal(jax.random.key(0), (4096, 2))
-    out = fast_sample(denoiser, jax.random.key(1), x_init, method=method, num_steps=18)
-    assert abs(float(jnp.std(out)) - s) < 0.03
+    out = fast_sample(denoiser, jax.random.key(1), x_init, method=method, num_steps=256)
+    assert abs(float(jnp.std(out)) - s) < 0.02
 
 
 def test_guidance_scale_changes_class_conditional_samples():
@@ -86,11 +86,11 @@ def test_info_counts_the_papers_55_73m_parameters(capsys):
 
 
 def tiny_launch(workdir, *extra):
-    args = [sys.executable, os.path.join(ROOT, "launch.py"), "--config=configs/edm/digits.py", f"--workdir={workdir}", *TINY_OVERRIDES,
-                  "--config.training.num_steps=20", "--config.training.batch_size=32",
-                  "--config.training.log_every=10", "--config.training.checkpoint_every=20",
-                  "--config.sampling.num_samples=8", "--config.sampling.batch_size=8",
-                  "--config.sampling.num_steps=4", *extra]
+    args = [sys.executable, os.path.join(ROOT, "launch.py"), "--config=configs/edm/digits.py",
+            f"--workdir={workdir}", *TINY_OVERRIDES, "--config.training.num_steps=20",
+            "--config.training.batch_size=32", "--config.training.log_every=10",
+            "--config.training.checkpoint_every=20", "--config.sampling.num_samples=8",
+            "--config.sampling.batch_size=8", "--config.sampling.num_steps=4", *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 

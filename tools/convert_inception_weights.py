@@ -3,12 +3,19 @@ port of the TensorFlow graph of 2015-12-05) into the `.npz` read by
 `diffusion_jax.evaluation.inception.load_inception_params`; point the config key
 `eval.inception_weights` at the result.
 
+Getting the `.pth` (on a machine with internet access; this project downloads nothing): it is
+the release asset `fid_weights/pt_inception-2015-12-05-6726825d.pth` of
+github.com/mseitzer/pytorch-fid (`FID_WEIGHTS_URL` in `pytorch_fid/inception.py`; as torch hub
+names files, the suffix is the start of its SHA-256). Running pytorch-fid once also leaves it
+in `~/.cache/torch/hub/checkpoints/`. Then:
+
     python tools/convert_inception_weights.py pt_inception-2015-12-05-6726825d.pth inception_fid.npz
 
 Needs `torch` only to unpickle the state dict. The mapping is one to one: torchvision names
 (`Mixed_5b.branch1x1.conv.weight`) become Flax paths (`params/Mixed_5b/branch1x1/conv/kernel`);
 convolution kernels go from OIHW to HWIO, the classifier from (out, in) to (in, out), and the
-BatchNorm running statistics into the `batch_stats` collection.
+BatchNorm running statistics into the `batch_stats` collection. The result is checked against
+the parameter tree of `FIDInceptionV3` before it is written.
 """
 from __future__ import annotations
 
@@ -59,7 +66,7 @@ def main():
     expected = jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0),
                               jax.numpy.zeros((1, 299, 299, 3)))
     want = {"/".join(str(k.key) for k in path): leaf.shape
-            for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]}
+            for path, leaf in jax.tree.flatten_with_path(expected)[0]}
     got = {name: value.shape for name, value in flat.items()}
     if got != want:
         raise ValueError("converted weights do not match FIDInceptionV3's parameter tree: "
