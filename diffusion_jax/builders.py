@@ -12,9 +12,11 @@ from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
+from diffusion_jax.methods import score_sde
 from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.unet import UNet
-from diffusion_jax.processes import parameterization, schedules
+from diffusion_jax.processes import parameterization, schedules, sde as sdes
+from diffusion_jax.samplers import ode, pc
 
 MODELS = {"unet": UNet, "ncsnpp": NCSNpp}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -74,8 +76,38 @@ def build_edm(config, model):
                sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond)
 
 
-METHODS = {"ddpm": build_ddpm, "edm": build_edm}
-SAMPLERS = {"ddpm": ("ancestral", "ddim"), "edm": FAST_SAMPLERS}
+def build_sde(config) -> sdes.SDE:
+    """The forward SDE of `sde.name` (vpsde | subvpsde | vesde) with its `sde` parameters."""
+    s = config.sde
+    choose("SDE (sde.name)", s.name, sdes.SDES)
+    if s.name == "vesde":
+        return sdes.VESDE(sigma_min=s.sigma_min, sigma_max=s.sigma_max, N=s.N)
+    return sdes.SDES[s.name](beta_min=s.beta_min, beta_max=s.beta_max, N=s.N)
+
+
+def build_score_sde(config, model):
+    """Score SDE (Song et al. 2021): `model` is the score network on `build_sde(config)`."""
+    s = config.sde
+    choose("loss reduction (sde.reduce)", s.reduce, ("mean", "sum"))
+    if s.importance_weighting and not s.likelihood_weighting:
+        raise ConfigError("sde.importance_weighting samples t for the likelihood weighting; "
+                          "set sde.likelihood_weighting=True")
+    sampling = config.sampling
+    choose("predictor (sampling.predictor)", sampling.predictor, pc.PREDICTORS)
+    choose("corrector (sampling.corrector)", sampling.corrector, pc.CORRECTORS)
+    choose("ODE solver (sampling.ode_solver)", sampling.ode_solver,
+           {**ode.ADAPTIVE, **ode.FIXED_STAGES})
+    spec = dataset_spec(config)
+    return score_sde.ScoreSDE(
+        model=model, sde=build_sde(config), image_shape=spec.image_shape,
+        num_classes=num_classes(config), label_dropout=s.label_dropout,
+        num_levels=spec.num_levels, train_eps=s.train_eps,
+        likelihood_weighting=s.likelihood_weighting,
+        importance_weighting=s.importance_weighting, reduce=s.reduce)
+
+
+METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde}
+SAMPLERS = {"ddpm": ("ancestral", "ddim"), "edm": FAST_SAMPLERS, "score_sde": score_sde.SAMPLERS}
 
 
 def build_method(config):

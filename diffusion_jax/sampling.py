@@ -32,8 +32,11 @@ def sampler_options(method, sampling_config) -> dict:
 
 
 def make_sample_fn(method, mesh, options: dict, batch_size: int):
-    """jit(params, rng, label_offset) -> a batch of images, split over the mesh's data axis.
+    """jit(params, rng, label_offset) -> (a batch of images split over the mesh's data axis,
+    {statistic: scalar}).
 
+    A method's `sample` returns images, or (images, statistics) such as {"nfe": network
+    evaluations} when it counts them (an adaptive ODE solver's count depends on the batch).
     The initial noise and the class labels ((offset + i) mod num_classes) are made inside the
     program, laid out over the devices, so no host array is fed to it (multi-host safe).
     """
@@ -47,9 +50,10 @@ def make_sample_fn(method, mesh, options: dict, batch_size: int):
         if method.num_classes:
             cond = (jnp.arange(batch_size) + label_offset) % method.num_classes
             cond = jax.lax.with_sharding_constraint(cond.astype(jnp.int32), shard)
-        return method.sample(params, sample_rng, x_init, cond, **options)
+        out = method.sample(params, sample_rng, x_init, cond, **options)
+        return out if isinstance(out, tuple) else (out, {})
 
-    return jax.jit(sample, in_shardings=(rep, rep, rep), out_shardings=shard)
+    return jax.jit(sample, in_shardings=(rep, rep, rep), out_shardings=(shard, rep))
 
 
 def class_labels(num: int, num_classes: int, offset: int = 0):
@@ -64,8 +68,9 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict
     """`num` images in batches of `batch_size` (a multiple of the device count).
 
     Batch b uses fold_in(rng, b) and class labels continuing from b * batch_size, so a resumed
-    generation (`start_batch`) draws the same images. `on_batch(b, images, labels)` is called
-    after each batch (to save it); the concatenated images of the batches run are returned.
+    generation (`start_batch`) draws the same images. `on_batch(b, images, labels, statistics)`
+    is called after each batch (to save it); the concatenated images of the batches run are
+    returned.
     """
     ndev = mesh.devices.size
     if batch_size % ndev:
@@ -74,11 +79,12 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict
     fn = make_sample_fn(method, mesh, options, batch_size)
     out = []
     for b in range(start_batch, -(-num // batch_size)):
-        imgs = parallel.to_host(fn(params, jax.random.fold_in(rng, b), b * batch_size))
-        imgs = imgs[:min(batch_size, num - b * batch_size)]
+        imgs, stats = fn(params, jax.random.fold_in(rng, b), b * batch_size)
+        imgs = parallel.to_host(imgs)[:min(batch_size, num - b * batch_size)]
         if on_batch is not None:
             labels = class_labels(batch_size, method.num_classes, b * batch_size)
-            on_batch(b, imgs, None if labels is None else labels[:len(imgs)])
+            on_batch(b, imgs, None if labels is None else labels[:len(imgs)],
+                     {k: float(v) for k, v in stats.items()})
         out.append(imgs)
     if not out:
         return np.zeros((0,) + tuple(method.image_shape), np.float32)

@@ -22,3 +22,22 @@ def test_digits_metrics_rank_real_digits_above_noise():
     assert good["digits_frechet_distance"] < 0.2 * bad["digits_frechet_distance"]
     assert good["digits_classifier_score"] > 2 * bad["digits_classifier_score"]
     assert good["recall"] > bad["recall"]
+
+
+def test_reference_statistics_are_written_and_read_back(tmp_path):
+    from diffusion_jax.data.digits import load_digits_arrays
+
+    config = digits.get_config()
+    config.eval.num_reference = 500
+    samples, _ = load_digits_arrays("test")
+    first = dataset_metrics(config, samples, str(tmp_path))
+    path = tmp_path / "reference_stats.npz"
+    with np.load(path) as stats:
+        assert stats["mu"].shape == (stats["sigma"].shape[0],)
+    config.eval.reference_stats = str(path)
+    again = dataset_metrics(config, samples)
+    assert again["digits_frechet_distance"] == pytest.approx(first["digits_frechet_distance"],
+                                                             rel=1e-9)
+    config.eval.reference_stats = str(tmp_path / "missing.npz")
+    with pytest.raises(ConfigError, match="eval.reference_stats"):
+        dataset_metrics(config, samples)

@@ -3,7 +3,9 @@
 Batches are written to `workdir/eval/step_<N>/batch_<b>.npz` as they finish; a rerun (after a
 kill) keeps the finished batches and generates only the missing ones (batch b always uses
 fold_in(seed, b), so the images are the same). Metrics go to `workdir/eval/step_<N>/metrics.json`
-and one line of `metrics.jsonl` (`eval/` keys), and are printed as one table.
+and one line of `metrics.jsonl` (`eval/` keys), and are printed as one table, with the mean
+sampler statistics the method reports (`nfe`) and, for methods with a likelihood, test-set
+bits/dim (`eval.bpd_num_examples` > 0, `test_bits_per_dim`).
 
 Feature networks: the embedded digits use a small classifier trained on digits
 (`digits_features`): its Frechet distance is *not* FID, and its keys say `digits_`. Every other
@@ -36,23 +38,34 @@ def _finished_batches(directory: str) -> int:
     return b
 
 
-def _load_batches(directory: str, count: int) -> np.ndarray:
-    return np.concatenate([np.load(os.path.join(directory, f"batch_{b:05d}.npz"))["images"]
-                           for b in range(count)])
+def _load_batches(directory: str, count: int) -> tuple[np.ndarray, dict]:
+    """The images of batches 0..count-1 and the mean over batches of each sampler statistic
+    (`stat_<name>` arrays, e.g. the number of network evaluations `nfe`)."""
+    files = [np.load(os.path.join(directory, f"batch_{b:05d}.npz")) for b in range(count)]
+    names = [k[len("stat_"):] for k in files[0].files if k.startswith("stat_")]
+    stats = {n: float(np.mean([f[f"stat_{n}"] for f in files])) for n in names}
+    return np.concatenate([f["images"] for f in files]), stats
 
 
 def feature_metrics(features, samples, reference, prefix: str = "",
-                    reference_stats: tuple | None = None) -> dict:
+                    reference_stats: tuple | None = None, stats_path: str = "") -> dict:
     """Frechet distance, KID, precision/recall and the classifier (Inception) score of
-    `samples` against `reference` images in the space of `features(images) -> (feats, logits)`."""
-    from diffusion_jax.evaluation.frechet import feature_statistics, frechet_distance
+    `samples` against `reference` images in the space of `features(images) -> (feats, logits)`.
+    Reference statistics computed here (no `reference_stats`) are written to `stats_path`
+    (an `.npz` with `mu`, `sigma`, reusable as `eval.reference_stats`) when it is given."""
+    from diffusion_jax.evaluation.frechet import (feature_statistics, frechet_distance,
+                                                  save_statistics)
     from diffusion_jax.evaluation.inception_score import inception_score
     from diffusion_jax.evaluation.kid import kernel_inception_distance
     from diffusion_jax.evaluation.precision_recall import precision_recall
 
     fake, fake_logits = features(samples)
     real, _ = features(reference)
-    stats = reference_stats if reference_stats is not None else feature_statistics(real)
+    stats = reference_stats
+    if stats is None:
+        stats = feature_statistics(real)
+        if stats_path and jax.process_index() == 0:
+            save_statistics(stats_path, *stats)
     kid, _ = kernel_inception_distance(fake, real, subset_size=min(1000, len(fake), len(real)))
     score, _ = inception_score(fake_logits, splits=min(10, len(fake)))
     precision, recall = precision_recall(real, fake, k=3)
@@ -71,15 +84,22 @@ def _reference_images(config, n: int) -> np.ndarray:
     return np.stack([decode(source[i])[0] for i in range(n)])
 
 
-def dataset_metrics(config, samples: np.ndarray) -> dict:
-    """The metrics of `samples` for the configured data set (see the module docstring)."""
+def dataset_metrics(config, samples: np.ndarray, directory: str = "") -> dict:
+    """The metrics of `samples` for the configured data set (see the module docstring); the
+    reference statistics it computes go to `directory/reference_stats.npz` when given."""
+    from diffusion_jax.evaluation.frechet import load_statistics
+
     e = config.eval
+    stats_path = os.path.join(directory, "reference_stats.npz") if directory else ""
+    if e.reference_stats and not os.path.exists(e.reference_stats):
+        raise ConfigError(f"eval.reference_stats {e.reference_stats!r} does not exist")
+    stats = load_statistics(e.reference_stats) if e.reference_stats else None
     if config.data.dataset == "digits":
         from diffusion_jax.evaluation.digits_features import digits_feature_fn
 
         return feature_metrics(digits_feature_fn(), samples,
-                               _reference_images(config, e.num_reference), prefix="digits_")
-    from diffusion_jax.evaluation.frechet import load_statistics
+                               _reference_images(config, e.num_reference), prefix="digits_",
+                               reference_stats=stats, stats_path=stats_path)
     from diffusion_jax.evaluation.inception import inception_feature_fn
 
     if not e.inception_weights:
@@ -87,9 +107,43 @@ def dataset_metrics(config, samples: np.ndarray) -> dict:
                           f"set eval.inception_weights (see tools/convert_inception_weights.py)")
     if not os.path.exists(e.inception_weights):
         raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
-    stats = load_statistics(e.reference_stats) if e.reference_stats else None
     return feature_metrics(inception_feature_fn(e.inception_weights), samples,
-                           _reference_images(config, e.num_reference), reference_stats=stats)
+                           _reference_images(config, e.num_reference), reference_stats=stats,
+                           stats_path=stats_path)
+
+
+def test_bits_per_dim(config, mesh, method, params) -> dict:
+    """Test-set bits/dim of a method with a likelihood (`method.bits_per_dim`): the first
+    `eval.bpd_num_examples` test images, uniformly dequantised, in batches of
+    `eval.bpd_batch_size` sharded over the mesh (each process feeds its slice of a batch)."""
+    from diffusion_jax import parallel
+
+    e = config.eval
+    _, source, decode = open_dataset(config.data.dataset, "test",
+                                     data_dir=config.data.data_dir or None,
+                                     download=config.data.download)
+    n = min(e.bpd_num_examples, len(source))
+    ndev, nproc = mesh.devices.size, jax.process_count()
+    batch = -(-min(e.bpd_batch_size, n) // ndev) * ndev
+    options = dict(divergence=e.bpd_divergence, rtol=e.bpd_rtol, atol=e.bpd_atol)
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    fn = jax.jit(lambda p, rng, x: method.bits_per_dim(p, rng, x, **options),
+                 in_shardings=(rep, rep, shard), out_shardings=(shard, rep))
+    rng = jax.random.PRNGKey(config.sampling.seed + 2000)
+    bpd, nfe = [], []
+    for b in range(-(-n // batch)):
+        index = [min(b * batch + i, n - 1) for i in range(batch)]  # the last batch padded
+        images = np.stack([decode(source[i])[0] for i in index])
+        per_process = batch // nproc
+        local = images[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+        bits, evaluations = fn(params, jax.random.fold_in(rng, b),
+                               parallel.global_batch(local, mesh))
+        bpd.append(parallel.to_host(bits)[:n - b * batch])
+        nfe.append(float(evaluations))
+    bpd = np.concatenate(bpd)
+    return {"bits_per_dim": float(bpd.mean()),
+            "bits_per_dim_stderr": float(bpd.std(ddof=1) / np.sqrt(len(bpd))) if n > 1 else 0.0,
+            "bits_per_dim_examples": n, "bits_per_dim_nfe": float(np.mean(nfe))}
 
 
 def evaluate(config, workdir: str, mesh, method, state) -> int:
@@ -100,20 +154,24 @@ def evaluate(config, workdir: str, mesh, method, state) -> int:
     batch = -(-e.batch_size // mesh.devices.size) * mesh.devices.size
     num_batches = -(-e.num_samples // batch)
     done = _finished_batches(directory)
+    params = state.ema_params if s.use_ema else state.params
     if done < num_batches:
-        def save(b, images, labels):
+        def save(b, images, labels, stats):
             if jax.process_index() == 0:
-                arrays = {"images": images} if labels is None else {"images": images,
-                                                                    "labels": labels}
+                arrays = {"images": images, **{f"stat_{k}": v for k, v in stats.items()}}
+                if labels is not None:
+                    arrays["labels"] = labels
                 np.savez(os.path.join(directory, f"batch_{b:05d}.npz"), **arrays)
 
-        params = state.ema_params if s.use_ema else state.params
         sampling.generate(method, params, jax.random.PRNGKey(s.seed + 1000), e.num_samples,
                           batch, mesh, sampling.sampler_options(method, s), start_batch=done,
                           on_batch=save)
-    samples = _load_batches(directory, num_batches)[:e.num_samples]
-    metrics = dataset_metrics(config, samples)
-    metrics["num_samples"] = len(samples)
+    samples, sampler_stats = _load_batches(directory, num_batches)
+    samples = samples[:e.num_samples]
+    metrics = dataset_metrics(config, samples, directory)
+    metrics.update(sampler_stats, num_samples=len(samples))
+    if e.bpd_num_examples and hasattr(method, "bits_per_dim"):
+        metrics.update(test_bits_per_dim(config, mesh, method, params))
     if jax.process_index() == 0:
         with open(os.path.join(directory, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)

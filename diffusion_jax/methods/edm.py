@@ -71,6 +71,16 @@ def fast_sample(denoiser: Callable, rng: jax.Array, x_init: jax.Array, cond=None
     raise ValueError(f"unknown sampler {method!r}; valid: {', '.join(FAST_SAMPLERS)}")
 
 
+def fast_sample_nfe(method: str, num_steps: int, order: int = 3) -> int:
+    """Network evaluations of `fast_sample`: Heun 2N - 1 (Euler last step), DPM-Solver
+    order * N, the others N."""
+    if method == "heun":
+        return 2 * num_steps - 1
+    if method == "dpm_solver":
+        return order * num_steps
+    return num_steps
+
+
 @dataclasses.dataclass(frozen=True)
 class EDM:
     """The EDM method: raw network F + preconditioning `precond` ('edm' | 'vp' | 've' | 'iddpm')."""

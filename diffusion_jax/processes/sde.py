@@ -80,6 +80,15 @@ class SDE:
         sq = jnp.sum(jnp.square(z.reshape(z.shape[0], -1)), axis=-1)
         return -0.5 * d * math.log(2 * math.pi * self.prior_std**2) - 0.5 * sq / self.prior_std**2
 
+    def edm_sigma(self, t: jax.Array) -> jax.Array:
+        """sigma(t) / alpha(t): the noise level of x_t / alpha(t) = x0 + (sigma / alpha) eps, the
+        sigma of Karras et al. 2022 (Eq. 4 with s(t) = alpha(t)) that every denoiser sampler uses."""
+        return self.sigma(t) / self.alpha(t)
+
+    def t_of_edm_sigma(self, sigma: jax.Array) -> jax.Array:
+        """The time t at which edm_sigma(t) = sigma (the inverse of `edm_sigma`)."""
+        raise NotImplementedError
+
     def chain_index(self, t: jax.Array) -> jax.Array:
         """i = floor((N - 1) t / T): the step of the N-step chain at time t.
 
@@ -157,6 +166,11 @@ class _LinearBeta(SDE):
         """(N - 1) t = 999 t, what the reference code feeds its nets' positional embedding."""
         return (self.N - 1) * t
 
+    def t_of_integrated_beta(self, b: jax.Array) -> jax.Array:
+        """The root t >= 0 of B(t) = b."""
+        d = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
+
 
 @_static_pytree
 class VPSDE(_LinearBeta):
@@ -166,6 +180,10 @@ class VPSDE(_LinearBeta):
 
     def sigma(self, t: jax.Array) -> jax.Array:
         return jnp.sqrt(-jnp.expm1(-self.integrated_beta(t)))
+
+    def t_of_edm_sigma(self, sigma: jax.Array) -> jax.Array:
+        """sigma / alpha = sqrt(e^B - 1), so B = log(1 + sigma^2)."""
+        return self.t_of_integrated_beta(jnp.log1p(jnp.square(sigma)))
 
     def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         beta = self.beta(t)
@@ -186,6 +204,10 @@ class SubVPSDE(_LinearBeta):
 
     def sigma(self, t: jax.Array) -> jax.Array:
         return -jnp.expm1(-self.integrated_beta(t))
+
+    def t_of_edm_sigma(self, sigma: jax.Array) -> jax.Array:
+        """sigma / alpha = e^{B/2} - e^{-B/2} = 2 sinh(B / 2), so B = 2 asinh(sigma / 2)."""
+        return self.t_of_integrated_beta(2.0 * jnp.arcsinh(sigma / 2.0))
 
     def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         beta = self.beta(t)
@@ -221,6 +243,9 @@ class VESDE(SDE):
         sigmas = self.discrete_sigmas
         prev = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
         return jnp.zeros_like(x), jnp.sqrt(jnp.square(sigmas[i]) - jnp.square(prev))
+
+    def t_of_edm_sigma(self, sigma: jax.Array) -> jax.Array:
+        return jnp.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
     @property
     def prior_std(self) -> float:

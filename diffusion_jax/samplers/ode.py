@@ -75,13 +75,16 @@ def _batched(drift: Callable[[jax.Array, jax.Array], jax.Array]) -> VectorField:
 
 
 def ode_sample(score_fn: ScoreFn, sde: SDE, rng: jax.Array, shape, *, eps: float = 1e-3,
-               x_init: Optional[jax.Array] = None, **solver) -> tuple[jax.Array, jax.Array]:
+               x_init: Optional[jax.Array] = None, t_start: Optional[float] = None,
+               **solver) -> tuple[jax.Array, jax.Array]:
     """x(eps) from x(T) ~ p_T (or `x_init`) along the probability-flow ODE (Eq. 13), and the NFE.
 
-    `solver` goes to `ode_solve` (method, rtol, atol, num_steps).
+    `t_start` (default T) is the time of x_init (SDEdit starts below T). `solver` goes to
+    `ode_solve` (method, rtol, atol, num_steps).
     """
     x = sde.prior_sampling(rng, shape) if x_init is None else x_init
-    return ode_solve(_batched(sde.probability_flow_drift(score_fn)), x, sde.T, eps, **solver)
+    t_start = sde.T if t_start is None else t_start
+    return ode_solve(_batched(sde.probability_flow_drift(score_fn)), x, t_start, eps, **solver)
 
 
 def ode_encode(score_fn: ScoreFn, sde: SDE, x: jax.Array, *, eps: float = 1e-3,

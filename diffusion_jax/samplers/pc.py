@@ -136,14 +136,16 @@ def pc_sample(score_fn: ScoreFn, sde: SDE, rng: jax.Array, shape, *,
               predictor: str = "euler_maruyama", corrector: str = "none", snr: float = 0.16,
               n_corrector_steps: int = 1, num_steps: Optional[int] = None, eps: float = 1e-3,
               denoise: bool = True, x_init: Optional[jax.Array] = None,
-              project: Optional[Project] = None) -> tuple[jax.Array, int]:
+              project: Optional[Project] = None, start_step: int = 0) -> tuple[jax.Array, int]:
     """Samples of shape `shape` from x_T ~ p_T (or `x_init`), and the number of score evaluations.
 
     `num_steps` (default sde.N) sets N of the grid and of the SDE's chain together, so the
     discrete predictors and correctors always run the N-step chain of the same continuous SDE.
     With `denoise` the result is the noise-free mean of the last predictor step (Song et al. code).
     `project(rng, x, x_mean, t) -> (x, x_mean)` runs after every corrector and predictor update
-    (the replacement step of conditional sampling, `pc_inverse`).
+    (the replacement step of conditional sampling, `pc_inverse`). `start_step` > 0 skips the
+    first steps of the grid: x_init is then the state at time linspace(T, eps, num_steps)[start_step]
+    (SDEdit).
     """
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r}; valid: {sorted(PREDICTORS)}")
@@ -165,6 +167,6 @@ def pc_sample(score_fn: ScoreFn, sde: SDE, rng: jax.Array, shape, *,
         x, x_mean = project(keys[0], *correct(keys[1], x, t), t)
         return project(keys[2], *predict(keys[3], x, t), t)
 
-    x, x_mean = jax.lax.fori_loop(0, num_steps, step, (x, x))
-    nfe = num_steps * (int(predictor != "none") + n_corrector_steps * int(corrector != "none"))
+    x, x_mean = jax.lax.fori_loop(start_step, num_steps, step, (x, x))
+    nfe = (num_steps - start_step) * (int(predictor != "none") + n_corrector_steps * int(corrector != "none"))
     return (x_mean if denoise else x), nfe
