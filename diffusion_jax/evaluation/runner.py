@@ -84,9 +84,12 @@ def _reference_images(config, n: int) -> np.ndarray:
     return np.stack([decode(source[i])[0] for i in range(n)])
 
 
-def dataset_metrics(config, samples: np.ndarray, directory: str = "") -> dict:
+def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None) -> dict:
     """The metrics of `samples` for the configured data set (see the module docstring); the
-    reference statistics it computes go to `directory/reference_stats.npz` when given."""
+    reference statistics it computes go to `directory/reference_stats.npz` when given. With a
+    `mesh` the feature network runs on batches split over its devices."""
+    ndev = mesh.devices.size if mesh is not None else 1
+    batch = lambda size: -(-size // ndev) * ndev  # noqa: E731  (a multiple of the devices)
     from diffusion_jax.evaluation.frechet import load_statistics
 
     e = config.eval
@@ -97,7 +100,7 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "") -> dict:
     if config.data.dataset == "digits":
         from diffusion_jax.evaluation.digits_features import digits_feature_fn
 
-        return feature_metrics(digits_feature_fn(), samples,
+        return feature_metrics(digits_feature_fn(batch(512), mesh=mesh), samples,
                                _reference_images(config, e.num_reference), prefix="digits_",
                                reference_stats=stats, stats_path=stats_path)
     from diffusion_jax.evaluation.inception import inception_feature_fn
@@ -107,7 +110,7 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "") -> dict:
                           f"set eval.inception_weights (see tools/convert_inception_weights.py)")
     if not os.path.exists(e.inception_weights):
         raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
-    return feature_metrics(inception_feature_fn(e.inception_weights), samples,
+    return feature_metrics(inception_feature_fn(e.inception_weights, batch(200), mesh), samples,
                            _reference_images(config, e.num_reference), reference_stats=stats,
                            stats_path=stats_path)
 
@@ -168,7 +171,7 @@ def evaluate(config, workdir: str, mesh, method, state) -> int:
                           on_batch=save)
     samples, sampler_stats = _load_batches(directory, num_batches)
     samples = samples[:e.num_samples]
-    metrics = dataset_metrics(config, samples, directory)
+    metrics = dataset_metrics(config, samples, directory, mesh)
     metrics.update(sampler_stats, num_samples=len(samples))
     if e.bpd_num_examples and hasattr(method, "bits_per_dim"):
         metrics.update(test_bits_per_dim(config, mesh, method, params))
