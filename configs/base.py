@@ -8,12 +8,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.method = "ddpm"
     c.compilation_cache_dir = "~/.cache/diffusion_jax/xla"  # persistent XLA cache; "" = off
     c.model = ml_collections.ConfigDict(dict(name="unet", dtype="float32",
-                                             class_conditional=False))
+                                             class_conditional=False, remat=False))
     c.data = ml_collections.ConfigDict(dict(dataset="digits", data_dir="", download=False,
                                             random_flip=False))
     c.training = ml_collections.ConfigDict(dict(
         num_steps=1000, batch_size=128, checkpoint_every=1000, log_every=100, seed=0,
-        ema_decay=0.9999, max_checkpoints=3, sample_at_end=True))
+        ema_decay=0.9999, max_checkpoints=3, sample_at_end=True, grad_accum_steps=1))
     c.optim = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, warmup_steps=5000,
                                              grad_clip=1.0, beta1=0.9, beta2=0.999, eps=1e-8,
                                              weight_decay=0.0))
@@ -27,6 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
         bpd_atol=1e-5))
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0,
                                                    process_id=-1))
+    # device mesh: data x fsdp devices (-1 = the rest); fsdp > 1 shards parameters, EMA and
+    # optimizer state over that axis (parallel.py)
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return c
 
 

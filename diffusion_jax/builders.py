@@ -33,6 +33,16 @@ def num_classes(config) -> int:
     return dataset_spec(config).num_classes if config.model.get("class_conditional", False) else 0
 
 
+def build_mesh(config):
+    """The (data, fsdp) device mesh of `config.mesh` over every device of every process."""
+    from diffusion_jax import parallel
+
+    try:
+        return parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def build_model(config):
     """The network named by `model.name`, with every other `model` key as a constructor argument."""
     cfg = config.model

@@ -30,7 +30,7 @@ def run(config, workdir: str, mode: str) -> int:
         workdir_io.write_config(workdir, config)
         with open(os.path.join(workdir, "run.json"), "w") as f:
             json.dump(workdir_io.run_metadata(config.training.seed), f, indent=2)
-    mesh = parallel.make_mesh()
+    mesh = builders.build_mesh(config)
     if mode == "train":
         from diffusion_jax.training.loop import train
 

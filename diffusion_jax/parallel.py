@@ -1,12 +1,17 @@
-"""Devices, meshes and shardings: data parallelism over every device of every host.
+"""Devices, meshes and shardings: data parallelism and fully-sharded data parallelism over
+every device of every host.
 
-Training and sampling are `jax.jit` programs over a `Mesh` whose `data` axis spans all
-devices: parameters are replicated, the batch is split along its first dimension. On several
+Training and sampling are `jax.jit` programs over a two-axis `Mesh` (`data`, `fsdp`) that spans
+all devices. The batch is split along its first dimension over both axes. Parameters, their EMA
+and the optimizer state are replicated over `data` and, when the `fsdp` axis has more than one
+device, split over it along their largest divisible dimension (ZeRO-3 / FSDP through GSPMD:
+XLA inserts the all-gathers before use and the reduce-scatters of the gradients). On several
 hosts each process feeds only its own slice of the global batch
 (`jax.make_array_from_process_local_data`).
 """
 from __future__ import annotations
 
+import collections
 import os
 
 import jax
@@ -14,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
@@ -30,10 +36,17 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
         jax.distributed.initialize()
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A one-axis mesh named `data` over the given (default: all) devices."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+def make_mesh(devices=None, data: int = -1, fsdp: int = 1) -> Mesh:
+    """A (`data`, `fsdp`) mesh of data x fsdp devices (default: all); -1 = the rest."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if data == -1 and fsdp == -1:
+        raise ValueError("at most one of mesh.data and mesh.fsdp may be -1")
+    data = n // fsdp if data == -1 else data
+    fsdp = n // data if fsdp == -1 else fsdp
+    if data < 1 or fsdp < 1 or data * fsdp != n:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {n} devices")
+    return Mesh(np.asarray(devices).reshape(data, fsdp), (DATA_AXIS, FSDP_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -41,7 +54,26 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA_AXIS))
+    """The first dimension split over every device of the mesh."""
+    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
+
+
+def fsdp_sharding(mesh: Mesh, shape: tuple) -> NamedSharding:
+    """Split the largest dimension of `shape` divisible by the `fsdp` axis size over that axis
+    (replicated over `data`); replicated when there is none or the axis has one device."""
+    size = mesh.shape.get(FSDP_AXIS, 1)
+    divisible = [d for d in range(len(shape)) if shape[d] % size == 0]
+    if size == 1 or not divisible:
+        return replicated(mesh)
+    dim = max(divisible, key=lambda d: shape[d])
+    return NamedSharding(mesh, P(*([None] * dim + [FSDP_AXIS])))
+
+
+def state_shardings(mesh: Mesh, abstract_tree):
+    """Shardings for a train-state pytree of ShapeDtypeStructs: `fsdp_sharding` for every array
+    with at least one dimension (parameters, EMA, optimizer moments), replicated scalars."""
+    return jax.tree.map(lambda s: fsdp_sharding(mesh, s.shape) if s.ndim else replicated(mesh),
+                        abstract_tree)
 
 
 def global_batch(local_arrays, mesh: Mesh):
@@ -49,6 +81,20 @@ def global_batch(local_arrays, mesh: Mesh):
     sharding = batch_sharded(mesh)
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a),
                         local_arrays)
+
+
+def prefetch_to_device(items, mesh: Mesh, size: int = 2):
+    """Yields (`global_batch(b, mesh)`, tag) for each (process-local batch b, tag) of `items`,
+    keeping `size` batches already on their way to the devices, so the host->device copy of the
+    next batch overlaps the current step (transfers are asynchronous). The tag travels with its
+    batch (the training loop passes the data position after it, for checkpoints)."""
+    queue = collections.deque()
+    for local, tag in items:
+        queue.append((global_batch(local, mesh), tag))
+        if len(queue) == size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 def to_host(x) -> np.ndarray:

@@ -53,7 +53,8 @@ def make_sample_fn(method, mesh, options: dict, batch_size: int):
         out = method.sample(params, sample_rng, x_init, cond, **options)
         return out if isinstance(out, tuple) else (out, {})
 
-    return jax.jit(sample, in_shardings=(rep, rep, rep), out_shardings=(shard, rep))
+    # params keep their layout (replicated, or FSDP-sharded: XLA gathers them where used)
+    return jax.jit(sample, in_shardings=(None, rep, rep), out_shardings=(shard, rep))
 
 
 def class_labels(num: int, num_classes: int, offset: int = 0):

@@ -131,7 +131,7 @@ def test_bits_per_dim(config, mesh, method, params) -> dict:
     options = dict(divergence=e.bpd_divergence, rtol=e.bpd_rtol, atol=e.bpd_atol)
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     fn = jax.jit(lambda p, rng, x: method.bits_per_dim(p, rng, x, **options),
-                 in_shardings=(rep, rep, shard), out_shardings=(shard, rep))
+                 in_shardings=(None, rep, shard), out_shardings=(shard, rep))
     rng = jax.random.PRNGKey(config.sampling.seed + 2000)
     bpd, nfe = [], []
     for b in range(-(-n // batch)):

@@ -18,6 +18,18 @@ default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 zero_init = nn.initializers.zeros
 
 
+def rematerialized(module_cls, enabled: bool, static_argnums=(3,)):
+    """`nn.remat(module_cls)` when `enabled`: its activations are recomputed in the backward
+    pass instead of stored (Chen et al. 2016), trading compute for memory. The class keeps its
+    name, so parameter paths, and checkpoints, are the same with and without it.
+    `static_argnums` counts `self`: (3,) is `train` of `__call__(self, x, emb, train)`."""
+    if not enabled:
+        return module_cls
+    cls = nn.remat(module_cls, static_argnums=static_argnums)
+    cls.__name__ = cls.__qualname__ = module_cls.__name__
+    return cls
+
+
 def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
     """Transformer positional embedding of a (B,) float t (Ho et al. 2020, Appendix B).
 

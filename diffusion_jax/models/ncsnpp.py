@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import default_init, sinusoidal_embedding
+from diffusion_jax.models.layers import default_init, rematerialized, sinusoidal_embedding
 from diffusion_jax.models.up_down import Downsample, Upsample, downsample_2d, upsample_2d
 
 Dtype = Any
@@ -212,6 +212,7 @@ class NCSNpp(nn.Module):
     num_classes: int = 0
     out_channels: Optional[int] = None
     dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute residual blocks' activations in the backward pass
 
     def _check(self):
         for field, valid in _CHOICES.items():
@@ -246,10 +247,11 @@ class NCSNpp(nn.Module):
 
         def resblock(ch=None, up=False, down=False):
             if self.resblock_type == "ddpm":
-                return ResnetBlockDDPMpp(ch, self.dropout, self.skip_rescale, self.init_scale, dt)
+                return rematerialized(ResnetBlockDDPMpp, self.remat)(
+                    ch, self.dropout, self.skip_rescale, self.init_scale, dt)
             kernel = self.fir_kernel if self.fir else (1, 1)
-            return ResnetBlockBigGANpp(ch, up, down, self.dropout, kernel, self.skip_rescale,
-                                       self.init_scale, dt)
+            return rematerialized(ResnetBlockBigGANpp, self.remat)(
+                ch, up, down, self.dropout, kernel, self.skip_rescale, self.init_scale, dt)
 
         def attn(h):
             return AttnBlockpp(self.skip_rescale, self.init_scale, self.qkv_init_scale, dt)(h)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.models.layers import (AttnBlock, Downsample, ResnetBlock, Upsample,
                                          _groups, default_init, group_norm,
-                                         sinusoidal_embedding, zero_init)
+                                         rematerialized, sinusoidal_embedding, zero_init)
 
 
 class UNet(nn.Module):
@@ -34,6 +34,7 @@ class UNet(nn.Module):
     num_classes: int = 0
     out_channels: Optional[int] = None
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute residual blocks' activations in the backward pass
 
     @nn.compact
     def __call__(self, x, t, cond=None, train: bool = False):
@@ -46,7 +47,7 @@ class UNet(nn.Module):
                 cond = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
             temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, name="label_emb")(cond)
 
-        block = lambda ch: ResnetBlock(ch, self.dropout, self.dtype)
+        block = lambda ch: rematerialized(ResnetBlock, self.remat)(ch, self.dropout, self.dtype)
         h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, kernel_init=default_init, name="conv_in")(x.astype(self.dtype))
         skips = [h]
         for level, mult in enumerate(self.ch_mult):

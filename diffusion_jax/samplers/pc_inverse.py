@@ -15,12 +15,13 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_jax.processes.sde import SDE, ScoreFn, expand
 from diffusion_jax.samplers.pc import pc_sample
 
 # Columns: grey (1, 1, 1) / sqrt(3) and two orthonormal colour axes.
-COLOR_BASIS = jnp.array([[1 / math.sqrt(3), 1 / math.sqrt(2), 1 / math.sqrt(6)],
+COLOR_BASIS = np.array([[1 / math.sqrt(3), 1 / math.sqrt(2), 1 / math.sqrt(6)],
                          [1 / math.sqrt(3), -1 / math.sqrt(2), 1 / math.sqrt(6)],
                          [1 / math.sqrt(3), 0.0, -2 / math.sqrt(6)]])
 

@@ -65,15 +65,20 @@ def _create(method, optimizer, seed: int) -> TrainState:
 
 
 def initial_state(method, optimizer, seed: int, mesh) -> TrainState:
-    """The state at step 0: parameters initialised from the seed, replicated over the mesh."""
-    return jax.device_put(_create(method, optimizer, seed), parallel.replicated(mesh))
+    """The state at step 0: parameters initialised from the seed, laid out over the mesh as
+    `parallel.state_shardings` says (replicated, or split over its `fsdp` axis)."""
+    shardings = jax.tree.map(lambda s: s.sharding, abstract_state(method, optimizer, mesh))
+    return jax.jit(lambda: _create(method, optimizer, seed), out_shardings=shardings)()
 
 
 def abstract_state(method, optimizer, mesh) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of the train state, computing nothing."""
+    """Shapes, dtypes and shardings (`parallel.state_shardings` on `mesh`) of the train state,
+    computing nothing; restoring a checkpoint into it reshards onto this mesh, whatever the
+    device count it was saved with."""
     shapes = jax.eval_shape(lambda: _create(method, optimizer, 0))
-    rep = parallel.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                                 sharding=sharding),
+                        shapes, parallel.state_shardings(mesh, shapes))
 
 
 def restore_state(config, workdir: str, mesh):
@@ -91,10 +96,13 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     Returns the final state and whether SIGTERM stopped the run early (after a checkpoint).
     """
     t = config.training
-    mesh = mesh if mesh is not None else parallel.make_mesh()
-    if t.batch_size % mesh.devices.size:
+    mesh = mesh if mesh is not None else builders.build_mesh(config)
+    if t.grad_accum_steps < 1:
+        raise ConfigError(f"training.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
+    if t.batch_size % (mesh.devices.size * t.grad_accum_steps):
         raise ConfigError(f"training.batch_size {t.batch_size} is not divisible by the "
-                          f"{mesh.devices.size} devices")
+                          f"{mesh.devices.size} devices x training.grad_accum_steps "
+                          f"{t.grad_accum_steps}")
     method = builders.build_method(config)
     optimizer = make_optimizer(config.optim)
     _, source, decode = open_dataset(config.data.dataset, "train",
@@ -105,8 +113,9 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
                          process_index=jax.process_index(), process_count=jax.process_count())
 
     checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
+    abstract = abstract_state(method, optimizer, mesh)
     if checkpointer.latest_step() is not None:
-        state, loader_state = checkpointer.restore(abstract_state(method, optimizer, mesh))
+        state, loader_state = checkpointer.restore(abstract)
         loader.state = LoaderState.from_dict(loader_state)
     else:
         state = initial_state(method, optimizer, t.seed, mesh)
@@ -114,15 +123,19 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     is_main = jax.process_index() == 0
     log = MetricsLog(workdir, resume_step=step, enabled=is_main)
     progress = Progress(t.num_steps, is_main)
-    step_fn = jit_train_step(method.loss, optimizer, t.ema_decay, mesh)
+    step_fn = jit_train_step(method.loss, optimizer, t.ema_decay, mesh,
+                             jax.tree.map(lambda s: s.sharding, abstract), t.grad_accum_steps)
 
     interrupted = False
     pending, last_time, last_step = [], time.perf_counter(), step
     with stop_on_sigterm() as sigterm:
         batches = iter(loader)
+        # each batch carries the loader position after it: the device prefetch reads ahead
+        device_batches = parallel.prefetch_to_device(
+            (({"image": images, "label": labels}, loader.state) for images, labels in batches),
+            mesh)
         while step < t.num_steps:
-            images, labels = next(batches)
-            batch = parallel.global_batch({"image": images, "label": labels}, mesh)
+            batch, data_position = next(device_batches)
             state, metrics = step_fn(state, batch)
             step += 1
             pending.append(metrics)
@@ -135,7 +148,7 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
                 progress.update(step, means["loss"], means["images_per_s"])
                 pending, last_time, last_step = [], now, step
             if sigterm.is_set() or step % t.checkpoint_every == 0 or step == t.num_steps:
-                checkpointer.save(step, state, loader.state.as_dict())
+                checkpointer.save(step, state, data_position.as_dict())
             if sigterm.is_set():
                 interrupted = True
                 break
