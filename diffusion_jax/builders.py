@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
+from diffusion_jax.methods import ddpm
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
 from diffusion_jax.models.ncsnpp import NCSNpp
@@ -75,7 +76,7 @@ def build_edm(config, model):
 
 
 METHODS = {"ddpm": build_ddpm, "edm": build_edm}
-SAMPLERS = {"ddpm": ("ancestral", "ddim"), "edm": FAST_SAMPLERS}
+SAMPLERS = {"ddpm": ddpm.SAMPLERS, "edm": FAST_SAMPLERS}
 
 
 def build_method(config):
