@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_jax import denoisers
 from diffusion_jax.methods import edm
@@ -157,11 +158,12 @@ class DDPM:
         """(sigma grid, grid sampler) of fast sampler `method` on the schedule's sigma range."""
         if method not in edm.FAST_SAMPLERS or method == "ddim":
             raise ValueError(f"unknown DDPM sampler {method!r}; valid: {', '.join(SAMPLERS)}")
-        sigma_all = denoisers.discrete_sigmas(self.schedule)
+        alpha_bars = np.asarray(self.schedule.alpha_bars, np.float64)[[0, -1]]
+        sigma_min, sigma_max = np.sqrt((1.0 - alpha_bars) / alpha_bars)
         dpm_spacing = {"uniform": "time_uniform", "quadratic": "time_quadratic"}.get(spacing,
                                                                                      spacing)
-        sigmas = edm.sampler_sigmas(method, num_steps, float(sigma_all[0]), float(sigma_all[-1]),
-                                    rho, dpm_spacing, self.schedule)
+        sigmas = edm.sampler_sigmas(method, num_steps, float(sigma_min), float(sigma_max), rho,
+                                    dpm_spacing, self.schedule)
         sample_fn = edm.grid_sampler(method, S_churn=S_churn, S_min=S_min, S_max=S_max,
                                      S_noise=S_noise, eta=eta, order=order)
         return sigmas, sample_fn
