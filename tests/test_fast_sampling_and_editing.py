@@ -1,5 +1,6 @@
 """DDPM through the EDM fast samplers, the methods' `edit`, guidance options from the config,
 and editing PNG inputs from the launcher's sample mode."""
+import csv
 import os
 
 import jax
@@ -22,18 +23,8 @@ SCHEDULE = schedules.make_schedule("linear", 1000)
 DATA = analytic.gaussian(jnp.array([0.3, -0.5]), jnp.array([[0.3, 0.2], [0.2, 0.4]]))
 
 
-class AnalyticEpsNet:
-    """The exact epsilon-network of DATA for the DDPM chain, at fractional timesteps t whose
-    log sigma interpolates the schedule's (what `DDPM.denoiser` queries). Images are (1, 1, 2)."""
-
-    def apply(self, variables, x_t, t, cond=None, train=False, rngs=None):
-        log_sigmas = jnp.log(denoisers.discrete_sigmas(SCHEDULE))
-        sigma = jnp.exp(jnp.interp(t, jnp.arange(log_sigmas.shape[0]), log_sigmas))
-        x = x_t.reshape(-1, 2) / denoisers.vp_alpha(sigma)[:, None]
-        return ((x - DATA.denoiser(x, sigma)) / sigma[:, None]).reshape(x_t.shape)
-
-
-METHOD = ddpm.DDPM(model=AnalyticEpsNet(), schedule=SCHEDULE, image_shape=(1, 1, 2))
+METHOD = ddpm.DDPM(model=analytic.DiscreteEpsNetwork(DATA, SCHEDULE.alpha_bars), schedule=SCHEDULE,
+                   image_shape=(1, 1, 2))
 SIGMA_MIN, SIGMA_MAX = (float(s) for s in denoisers.discrete_sigmas(SCHEDULE)[jnp.array([0, -1])])
 
 
@@ -166,3 +157,17 @@ def test_sample_mode_edits_png_inputs_end_to_end(tmp_path):
     config.edit.input = str(tmp_path / "missing.png")
     with pytest.raises(ConfigError, match="does not exist"):
         launcher.run(config, workdir, "sample")
+
+
+@pytest.mark.slow
+def test_sampler_nfe_experiment_quick(tmp_path, capsys):
+    from experiments import sampler_nfe
+
+    assert sampler_nfe.run(str(tmp_path), "quick") == 0
+    table = capsys.readouterr().out
+    assert "| mixture | EDM Heun | 20 |" in table and "| digits | DDIM | 10 |" in table
+    rows = list(csv.DictReader(open(tmp_path / "sampler_nfe.csv")))
+    mixture = {(r["sampler"], int(r["nfe"])): float(r["ode_error"]) for r in rows
+               if r["setting"] == "mixture" and r["sampler"] == "EDM Heun"}
+    assert mixture[("EDM Heun", 20)] < mixture[("EDM Heun", 10)]
+    assert (tmp_path / "sampler_nfe.png").is_file()
