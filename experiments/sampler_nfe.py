@@ -11,7 +11,7 @@ DPM-Solver++(2M), all on one DDPM epsilon-network (linear beta, T = 1000).
 
 NFE per sampler: ancestral and DDIM take NFE steps, Heun (2N - 1 evaluations) N = (NFE + 1) / 2
 steps, DPM-Solver++(2M) NFE steps. Writes `sampler_nfe.csv`, `sampler_nfe.png` and prints one
-Markdown table. `arg == "quick"`: two NFEs, few samples, a 2-step digits model.
+Markdown table. `arg == "quick"`: two NFEs, few samples, a 2-step tiny digits model.
 Until `launch.py --experiment` exists: `python3 -m experiments.sampler_nfe WORKDIR [quick]`.
 """
 from __future__ import annotations
@@ -72,8 +72,9 @@ def digits_rows(workdir: str, nfes, num: int, train_steps: int | None) -> list[d
     from diffusion_jax.training.loop import restore_state
 
     config = digits_config.get_config()
-    if train_steps is not None:
-        config.training.update(num_steps=train_steps, checkpoint_every=train_steps)
+    if train_steps is not None:  # the quick version: a tiny U-Net, a few steps
+        config.model.update(ch=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
+        config.training.update(num_steps=train_steps, checkpoint_every=train_steps, batch_size=16)
     config.training.sample_at_end = False
     directory = os.path.join(workdir, "digits")
     if launcher.run(config, directory, "train") != 0:
@@ -129,7 +130,7 @@ def run(workdir: str, arg=None) -> int:
     quick = arg == "quick"
     os.makedirs(workdir, exist_ok=True)
     nfes = (10, 20) if quick else (10, 20, 35, 50, 100, 1000)
-    rows = analytic_rows(nfes, 500 if quick else 20000)
+    rows = analytic_rows(nfes, 256 if quick else 20000)
     rows += digits_rows(workdir, nfes[:1] if quick else nfes, 16 if quick else 2000,
                         2 if quick else None)
     with open(os.path.join(workdir, "sampler_nfe.csv"), "w", newline="") as f:
