@@ -19,6 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
                                              weight_decay=0.0))
     c.sampling = ml_collections.ConfigDict(dict(num_samples=64, batch_size=64, use_ema=True,
                                                 seed=1))
+    # Editing in --mode=sample (diffusion_jax/edit_inputs.py): task none | inpaint | sdedit;
+    # input: a PNG or a directory of PNGs; mask: PNG(s), white = known pixel; strength in [0, 1].
+    c.edit = ml_collections.ConfigDict(dict(task="none", input="", mask="", strength=0.5))
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,
         inception_weights="", reference_stats="",

@@ -102,6 +102,27 @@ class GaussianMixture:
         return jnp.where(self.labels[None, :] == cond[:, None], 0.0, -jnp.inf)
 
 
+@dataclasses.dataclass(frozen=True)
+class DiscreteEpsNetwork:
+    """The exact epsilon-prediction of `data` for a DDPM schedule with cumulative `alpha_bars`,
+    called like a Flax module: apply(variables, x_t, t, cond) on images of d values each.
+
+    A fractional timestep t has the sigma whose log interpolates log sigma_i = log sqrt((1 -
+    alpha_bar_i) / alpha_bar_i) linearly in t (what `denoisers.from_discrete` queries), and
+    eps = (x - D(x, sigma)) / sigma at x = x_t sqrt(1 + sigma^2).
+    """
+
+    data: GaussianMixture
+    alpha_bars: jax.Array
+
+    def apply(self, variables, x_t, t, cond=None, train=False, rngs=None):
+        log_sigmas = 0.5 * jnp.log((1.0 - self.alpha_bars) / self.alpha_bars)
+        sigma = jnp.exp(jnp.interp(t, jnp.arange(log_sigmas.shape[0]), log_sigmas))
+        x = x_t.reshape(x_t.shape[0], -1) * jnp.sqrt(1.0 + sigma**2)[:, None]
+        eps = (x - self.data.denoiser(x, sigma, cond)) / sigma[:, None]
+        return eps.reshape(x_t.shape)
+
+
 def gaussian(mean: jax.Array, cov: jax.Array) -> GaussianMixture:
     """A single Gaussian N(mean, cov) as a one-component mixture."""
     return GaussianMixture(jnp.ones((1,)), mean[None], cov[None])

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 
 from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
+from diffusion_jax.methods import ddpm, score_sde
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
-from diffusion_jax.methods import score_sde
 from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.processes import parameterization, schedules, sde as sdes
@@ -117,7 +117,7 @@ def build_score_sde(config, model):
 
 
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde}
-SAMPLERS = {"ddpm": ("ancestral", "ddim"), "edm": FAST_SAMPLERS, "score_sde": score_sde.SAMPLERS}
+SAMPLERS = {"ddpm": ddpm.SAMPLERS, "edm": FAST_SAMPLERS, "score_sde": score_sde.SAMPLERS}
 
 
 def build_method(config):

@@ -92,6 +92,17 @@ def discrete_t_of_sigma(schedule: DiscreteSchedule, mode: str = "nearest") -> Ca
     raise ValueError(f"unknown mode {mode!r}; valid: ['interpolate', 'nearest']")
 
 
+def discrete_time_maps(schedule: DiscreteSchedule) -> tuple[Callable, Callable]:
+    """(sigma_of_t, t_of_sigma) for the continuous time t = (i + 1) / T of a T-step schedule
+    (DPM-Solver, Lu et al. 2022, Sec. 3.4 and App. D.1), log sigma linear in i between timesteps."""
+    log_sigmas = jnp.log(discrete_sigmas(schedule))
+    index = jnp.arange(log_sigmas.shape[0], dtype=log_sigmas.dtype)
+    num = log_sigmas.shape[0]
+    sigma_of_t = lambda t: jnp.exp(jnp.interp(t * num - 1.0, index, log_sigmas))
+    t_of_sigma = lambda sigma: (jnp.interp(jnp.log(sigma), log_sigmas, index) + 1.0) / num
+    return sigma_of_t, t_of_sigma
+
+
 def round_sigma(sigma: jax.Array, schedule: DiscreteSchedule) -> jax.Array:
     """The schedule's sigma_i nearest (in log sigma) to `sigma`: put sampler grids on the model's grid."""
     index = discrete_t_of_sigma(schedule, "nearest")(sigma).astype(jnp.int32)

@@ -6,9 +6,10 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from diffusion_jax import builders, parallel, sampling, workdir as workdir_io
-from diffusion_jax.errors import choose
+from diffusion_jax import builders, edit_inputs, parallel, sampling, workdir as workdir_io
+from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.flops import count_flops
 from diffusion_jax.models.unet import count_params
 
@@ -46,6 +47,8 @@ def run(config, workdir: str, mode: str) -> int:
 
     method, state = restore_state(config, workdir, mesh)
     if mode == "sample":
+        if config.edit.task != "none":
+            return _edit(config, workdir, mesh, method, state)
         return _sample(config, workdir, mesh, method, state)
     from diffusion_jax.evaluation.runner import evaluate
 
@@ -64,6 +67,28 @@ def _sample(config, workdir, mesh, method, state) -> int:
         png = sampling.save_samples(os.path.join(workdir, "samples"),
                                     f"step_{int(state.step)}", images, labels)
         print(f"wrote {len(images)} samples to {png}", flush=True)
+    return 0
+
+
+def _edit(config, workdir, mesh, method, state) -> int:
+    """Edit the images of `edit.input` (inpaint with `edit.mask`, or SDEdit at `edit.strength`)."""
+    e, s = config.edit, config.sampling
+    if not hasattr(method, "edit"):
+        raise ConfigError(f"method {config.method!r} cannot edit images; edit.task must be 'none'")
+    if not 0.0 <= e.strength <= 1.0:
+        raise ConfigError(f"edit.strength must be in [0, 1], got {e.strength}")
+    x = edit_inputs.load_images(e.input, method.image_shape)
+    masks = (edit_inputs.load_masks(e.mask, method.image_shape, len(x)) if e.task == "inpaint"
+             else np.zeros(x.shape, bool))
+    results = sampling.edit(method, state.ema_params if s.use_ema else state.params,
+                            jax.random.PRNGKey(s.seed), x, masks, _fit_batch(s.batch_size, mesh),
+                            mesh, sampling.sampler_options(method, s), task=e.task,
+                            strength=e.strength)
+    if jax.process_index() == 0:
+        png = edit_inputs.save_edits(os.path.join(workdir, "samples"),
+                                     f"edit_{e.task}_step_{int(state.step)}", x, results,
+                                     masks if e.task == "inpaint" else None)
+        print(f"wrote {len(results)} edited images to {png}", flush=True)
     return 0
 
 

@@ -101,3 +101,29 @@ def save_samples(directory: str, name: str, images: np.ndarray, labels=None) -> 
     arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
     np.savez_compressed(os.path.join(directory, f"{name}.npz"), **arrays)
     return png
+
+
+def edit(method, params, rng, x: np.ndarray, mask: np.ndarray, batch_size: int, mesh,
+         options: dict, *, task: str, strength: float) -> np.ndarray:
+    """`method.edit` of host images `x` with `mask` (True = known) in batches of `batch_size`
+    (a multiple of the device count; the last batch padded by repeating its last image).
+
+    Every process passes the same arrays; batch b uses fold_in(rng, b). A class-conditional model
+    edits with the null label (the inputs' classes are unknown).
+    """
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+    def run(params, rng, x, mask):
+        x, mask = (jax.lax.with_sharding_constraint(a, shard) for a in (x, mask))
+        cond = (jnp.full((x.shape[0],), method.num_classes, jnp.int32) if method.num_classes
+                else None)
+        return method.edit(params, rng, x, mask, cond, task=task, strength=strength, **options)
+
+    fn = jax.jit(run, in_shardings=(None, rep, rep, rep), out_shardings=shard)
+    out = []
+    for b in range(-(-len(x) // batch_size)):
+        xb, mb = x[b * batch_size:(b + 1) * batch_size], mask[b * batch_size:(b + 1) * batch_size]
+        pad = batch_size - len(xb)
+        xb, mb = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (xb, mb))
+        out.append(parallel.to_host(fn(params, jax.random.fold_in(rng, b), xb, mb))[:len(xb) - pad])
+    return np.concatenate(out)

@@ -6,14 +6,21 @@ epsilon, x0 or v; the simple loss is E ||target - prediction||^2 (Eq. 14, mean o
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from diffusion_jax import denoisers
+from diffusion_jax.methods import edm
 from diffusion_jax.processes import parameterization
 from diffusion_jax.processes.schedules import DiscreteSchedule
 from diffusion_jax.samplers import ddpm as ddpm_samplers
+
+
+SAMPLERS = ("ancestral", "ddim") + tuple(m for m in edm.FAST_SAMPLERS if m != "ddim")
 
 
 def q_sample(schedule: DiscreteSchedule, x0: jax.Array, t: jax.Array, noise: jax.Array):
@@ -83,17 +90,80 @@ class DDPM:
 
         return eps
 
+    def denoiser(self, params, cond: Optional[jax.Array] = None):
+        """D(x, sigma) of the network (`denoisers.from_discrete`): queried at x_t = x / sqrt(1 +
+        sigma^2) and the fractional timestep whose log sigma interpolates the schedule's, as
+        DPM-Solver does for discrete-time models; exact on the schedule's sigmas."""
+        D = self.conditional_denoiser(params)
+        return lambda x, sigma: denoisers.call(D, x, sigma, cond)
+
+    def conditional_denoiser(self, params):
+        """D(x, sigma[, cond]) of the network (see `denoiser`)."""
+        return denoisers.from_discrete(lambda x_t, t, c=None: self.apply(params, x_t, t, c),
+                                       self.prediction, self.schedule, mode="interpolate")
+
     def sample(self, params, rng, x_init, cond=None, *, method: str = "ancestral",
                num_steps: int = 1000, eta: float = 0.0, variance: str = "beta",
-               clip_x0: bool = False, spacing: str = "uniform"):
-        """Images from the noise `x_init` by ancestral sampling or DDIM."""
-        eps = self.eps_fn(params, cond)
-        if method == "ancestral":
-            return ddpm_samplers.ancestral_sample(eps, self.schedule, rng, x_init.shape,
-                                                  variance=variance, clip_x0=clip_x0,
-                                                  num_steps=num_steps, x_init=x_init)
-        if method == "ddim":
+               clip_x0: bool = False, spacing: str = "uniform", rho: float = 7.0,
+               S_churn: float = 0.0, S_min: float = 0.0, S_max: float = math.inf,
+               S_noise: float = 1.0, order: int = 3):
+        """Images from the noise `x_init` by ancestral sampling, DDIM, or an EDM fast sampler.
+
+        'ancestral' / 'ddim': the chains of `samplers.ddpm` (`variance`, `clip_x0`; `eta`,
+        `spacing` 'uniform' | 'quadratic'). Every other `method` of `edm.FAST_SAMPLERS` runs on
+        `denoiser` between the schedule's smallest and largest sigma from sigma_max x_init:
+        Heun / Euler / Euler-ancestral on the rho grid (`eta` = ancestral noise: 0 is Euler),
+        DPM-Solvers with `spacing` 'uniform' / 'quadratic' in time t = (i + 1) / T or 'logsnr'.
+        """
+        if method in ("ancestral", "ddim"):
+            eps = self.eps_fn(params, cond)
+            if method == "ancestral":
+                return ddpm_samplers.ancestral_sample(eps, self.schedule, rng, x_init.shape,
+                                                      variance=variance, clip_x0=clip_x0,
+                                                      num_steps=num_steps, x_init=x_init)
             return ddpm_samplers.ddim_sample(eps, self.schedule, rng, x_init.shape,
                                              num_steps=num_steps, eta=eta, spacing=spacing,
                                              x_init=x_init)
-        raise ValueError(f"unknown DDPM sampler {method!r}; valid: ancestral, ddim")
+        sigmas, sample_fn = self._grid_sampler(method, num_steps, eta, spacing, rho, S_churn,
+                                               S_min, S_max, S_noise, order)
+        return sample_fn(self.conditional_denoiser(params), rng, x_init.shape, sigmas=sigmas,
+                         x_init=sigmas[0] * x_init, cond=cond)
+
+    def edit(self, params, rng, x, mask, cond=None, *, task: str, strength: float, **options):
+        """Inpainting or SDEdit (the protocol's `edit`) with the configured sampler on `denoiser`.
+
+        Each chain runs in its exact EDM form on the schedule's sigmas at its timesteps: DDIM
+        with eta is Euler-ancestral with eta, and 'ancestral' is Euler-ancestral with eta = 1,
+        the posterior step, i.e. the chain with variance beta-tilde whatever `variance` says;
+        `clip_x0` is not applied when editing.
+        """
+        o = {**edm.keyword_defaults(self.sample), **options}
+        if o["method"] in ("ancestral", "ddim"):
+            taus = ddpm_samplers.ddim_timesteps(
+                self.schedule.num_timesteps, o["num_steps"],
+                o["spacing"] if o["method"] == "ddim" else "uniform")
+            sigmas = denoisers.discrete_sigmas(self.schedule)[taus[::-1]]
+            sigmas = jnp.concatenate([sigmas, jnp.zeros((1,), sigmas.dtype)])
+            eta = o["eta"] if o["method"] == "ddim" else 1.0
+            sample_fn = edm.grid_sampler("euler_ancestral", eta=eta)
+        else:
+            sigmas, sample_fn = self._grid_sampler(
+                o["method"], o["num_steps"], o["eta"], o["spacing"], o["rho"], o["S_churn"],
+                o["S_min"], o["S_max"], o["S_noise"], o["order"])
+        return edm.edit_with_sampler(sample_fn, sigmas, self.conditional_denoiser(params), rng, x, mask, cond, task=task,
+                                     strength=strength)
+
+    def _grid_sampler(self, method, num_steps, eta, spacing, rho, S_churn, S_min, S_max,
+                      S_noise, order):
+        """(sigma grid, grid sampler) of fast sampler `method` on the schedule's sigma range."""
+        if method not in edm.FAST_SAMPLERS or method == "ddim":
+            raise ValueError(f"unknown DDPM sampler {method!r}; valid: {', '.join(SAMPLERS)}")
+        alpha_bars = np.asarray(self.schedule.alpha_bars, np.float64)[[0, -1]]
+        sigma_min, sigma_max = np.sqrt((1.0 - alpha_bars) / alpha_bars)
+        dpm_spacing = {"uniform": "time_uniform", "quadratic": "time_quadratic"}.get(spacing,
+                                                                                     spacing)
+        sigmas = edm.sampler_sigmas(method, num_steps, float(sigma_min), float(sigma_max), rho,
+                                    dpm_spacing, self.schedule)
+        sample_fn = edm.grid_sampler(method, S_churn=S_churn, S_min=S_min, S_max=S_max,
+                                     S_noise=S_noise, eta=eta, order=order)
+        return sigmas, sample_fn

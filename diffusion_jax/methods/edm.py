@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Any, Callable, Optional
 
@@ -17,11 +18,12 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import denoisers, guidance, preconditioning
+from diffusion_jax.errors import ConfigError
 from diffusion_jax.losses.edm import edm_loss
 from diffusion_jax.processes import schedules
 from diffusion_jax.processes.schedules import DiscreteSchedule
 from diffusion_jax.samplers import ddpm as ddpm_samplers
-from diffusion_jax.samplers import dpm_solver, edm as edm_samplers
+from diffusion_jax.samplers import dpm_solver, editing, edm as edm_samplers
 
 PRECONDITIONINGS = {
     "edm": preconditioning.EDMPrecond,
@@ -33,42 +35,90 @@ FAST_SAMPLERS = ("heun", "euler", "euler_ancestral", "dpm_solver", "dpm_solver_p
                  "dpm_solver_pp_2m_sde", "ddim")
 
 
+def sampler_sigmas(method: str = "heun", num_steps: int = 18, sigma_min: float = 0.002,
+                   sigma_max: float = 80.0, rho: float = 7.0, spacing: str = "logsnr",
+                   schedule: Optional[DiscreteSchedule] = None) -> jax.Array:
+    """The decreasing noise-level grid of sampler `method`, ending at 0 (or at sigma_min for the
+    DPM-Solvers, whose last step lands there).
+
+    'heun' / 'euler' / 'euler_ancestral': the rho grid (Eq. 5). DPM-Solvers: `dpm_solver.dpm_sigmas`
+    with `spacing`; with a `schedule`, 'time_uniform' / 'time_quadratic' are uniform in its
+    timestep index t / T (in t, resp. sqrt t), as DPM-Solver does for discrete-time models.
+    'ddim': the schedule's sigma_i at the DDIM timesteps tau (Song et al. 2021a, App. C.2; default
+    schedule: linear beta, T = 1000), then 0.
+    """
+    if method in edm_samplers.SOLVERS:
+        return edm_samplers.sigma_steps(num_steps, sigma_min, sigma_max, rho)
+    if method == "ddim":
+        schedule = schedule if schedule is not None else schedules.make_schedule("linear", 1000)
+        taus = ddpm_samplers.ddim_timesteps(schedule.num_timesteps, num_steps)
+        sigmas = denoisers.discrete_sigmas(schedule)[taus[::-1]]
+        return jnp.concatenate([sigmas, jnp.zeros((1,), sigmas.dtype)])
+    if method in ("dpm_solver", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde"):
+        maps = {} if schedule is None else dict(zip(("sigma_of_t", "t_of_sigma"),
+                                                    denoisers.discrete_time_maps(schedule)))
+        return dpm_solver.dpm_sigmas(num_steps, sigma_min, sigma_max, spacing, **maps)
+    raise ValueError(f"unknown sampler {method!r}; valid: {', '.join(FAST_SAMPLERS)}")
+
+
+def grid_sampler(method: str = "heun", *, S_churn: float = 0.0, S_min: float = 0.0,
+                 S_max: float = math.inf, S_noise: float = 1.0, eta: float = 1.0,
+                 order: int = 3) -> Callable:
+    """sample_fn(denoiser, rng, shape, *, sigmas, x_init=None, cond=None) running `method` over
+    the given grid (the interface of `samplers.editing`; x_init is the state at sigmas[0]).
+
+    'heun' / 'euler' / 'euler_ancestral': `samplers.edm` (S_churn > 0: Algorithm 2; eta: the
+    ancestral noise); 'dpm_solver': single-step DPM-Solver of `order` on noise prediction;
+    'dpm_solver_pp_2m(_sde)': multistep DPM-Solver++(2M). 'ddim': deterministic DDIM, which in
+    the EDM convention is exactly the Euler step on its grid (Karras et al. 2022, Sec. 3).
+    """
+    if method in edm_samplers.SOLVERS or method == "ddim":
+        solver = "euler" if method == "ddim" else method
+        return functools.partial(edm_samplers.edm_sample, solver=solver, S_churn=S_churn,
+                                 S_min=S_min, S_max=S_max, S_noise=S_noise, eta=eta)
+    if method == "dpm_solver":
+        return functools.partial(dpm_solver.dpm_solver_sample, order=order)
+    if method in ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde"):
+        return functools.partial(dpm_solver.dpm_solver_pp_2m_sample, S_noise=S_noise,
+                                 sde=method.endswith("_sde"))
+    raise ValueError(f"unknown sampler {method!r}; valid: {', '.join(FAST_SAMPLERS)}")
+
+
 def fast_sample(denoiser: Callable, rng: jax.Array, x_init: jax.Array, cond=None, *,
                 method: str = "heun", num_steps: int = 18, sigma_min: float = 0.002,
                 sigma_max: float = 80.0, rho: float = 7.0, S_churn: float = 0.0,
                 S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0,
                 eta: float = 1.0, order: int = 3, spacing: str = "logsnr",
                 schedule: Optional[DiscreteSchedule] = None) -> jax.Array:
-    """Images from standard-normal noise `x_init` with the denoiser D(x, sigma[, cond]).
+    """Images from standard-normal noise `x_init` with the denoiser D(x, sigma[, cond]): the
+    sampler `grid_sampler(method, ...)` over `sampler_sigmas(method, ...)`, started at
+    sigmas[0] x_init (Heun with N = 18 is 35 evaluations)."""
+    sigmas = sampler_sigmas(method, num_steps, sigma_min, sigma_max, rho, spacing, schedule)
+    sample_fn = grid_sampler(method, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
+                             eta=eta, order=order)
+    return sample_fn(denoiser, rng, x_init.shape, sigmas=sigmas, x_init=sigmas[0] * x_init,
+                     cond=cond)
 
-    'heun' / 'euler' / 'euler_ancestral': `samplers.edm` on the rho grid (Eq. 5; Heun with
-    N = 18 is 35 evaluations; S_churn > 0 is Algorithm 2; eta is the ancestral noise);
-    'dpm_solver': single-step DPM-Solver of `order` on noise prediction; 'dpm_solver_pp_2m(_sde)':
-    multistep DPM-Solver++(2M), both on the `spacing` grid from sigma_max to sigma_min. These start
-    from sigma_max x_init. 'ddim': deterministic DDIM (Song et al. 2021a, eta = 0) over `num_steps`
-    timesteps of `schedule` (default: the linear-beta T = 1000 schedule of Ho et al. 2020),
-    starting from x_init as x_T.
-    """
-    shape = x_init.shape
-    if method in ("heun", "euler", "euler_ancestral"):
-        sigmas = edm_samplers.sigma_steps(num_steps, sigma_min, sigma_max, rho)
-        return edm_samplers.edm_sample(denoiser, rng, shape, sigmas=sigmas, solver=method,
-                                       S_churn=S_churn, S_min=S_min, S_max=S_max,
-                                       S_noise=S_noise, eta=eta, cond=cond,
-                                       x_init=sigmas[0] * x_init)
-    grid = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, spacing=spacing,
-                cond=cond, x_init=sigma_max * x_init)
-    if method == "dpm_solver":
-        return dpm_solver.dpm_solver_sample(denoiser, rng, shape, order=order, **grid)
-    if method in ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde"):
-        return dpm_solver.dpm_solver_pp_2m_sample(denoiser, rng, shape, S_noise=S_noise,
-                                                  sde=method.endswith("_sde"), **grid)
-    if method == "ddim":
-        schedule = schedule if schedule is not None else schedules.make_schedule("linear", 1000)
-        eps_fn = denoisers.to_discrete_eps_fn(denoiser, schedule, cond)
-        return ddpm_samplers.ddim_sample(eps_fn, schedule, rng, shape, num_steps=num_steps,
-                                         eta=0.0, x_init=x_init)
-    raise ValueError(f"unknown sampler {method!r}; valid: {', '.join(FAST_SAMPLERS)}")
+
+EDIT_TASKS = ("inpaint", "sdedit")
+
+
+def keyword_defaults(fn: Callable) -> dict:
+    """The keyword-only arguments of `fn` with their defaults (a method's sampling options)."""
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
+            if p.kind == p.KEYWORD_ONLY and p.default is not p.empty}
+
+
+def edit_with_sampler(sample_fn: Callable, sigmas: jax.Array, denoiser: Callable, rng, x, mask,
+                      cond=None, *, task: str, strength: float) -> jax.Array:
+    """The protocol's `edit` on top of a grid sampler: 'inpaint' (mask True = known pixel, kept
+    exactly at every step) or 'sdedit' (noise to `strength` of the grid, then denoise)."""
+    sample_fn = functools.partial(sample_fn, sigmas=sigmas, cond=cond)
+    if task == "inpaint":
+        return editing.inpaint(sample_fn, denoiser, rng, x, mask)
+    if task == "sdedit":
+        return editing.sdedit(sample_fn, denoiser, rng, x, strength=strength, sigmas=sigmas)
+    raise ConfigError(f"unknown edit task {task!r} for this method; valid: {', '.join(EDIT_TASKS)}")
 
 
 def fast_sample_nfe(method: str, num_steps: int, order: int = 3) -> int:
@@ -140,16 +190,46 @@ class EDM:
                num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
                rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0,
                S_max: float = math.inf, S_noise: float = 1.0, eta: float = 1.0, order: int = 3,
-               spacing: str = "logsnr", guidance_scale: float = 1.0):
-        """Images from standard-normal `x_init` by `fast_sample`; with labels `cond` and
-        guidance_scale w != 1, classifier-free guidance D_u + w (D_c - D_u) (null label =
-        num_classes)."""
+               spacing: str = "logsnr", guidance_scale: float = 1.0,
+               guidance_sigma_lo: float = 0.0, guidance_sigma_hi: float = math.inf,
+               negative_label: int = -1):
+        """Images from standard-normal `x_init` by `fast_sample`.
+
+        With labels `cond` and guidance_scale w != 1: classifier-free guidance D_u + w (D_c - D_u)
+        in one batched network call, where D_u has the null label num_classes, or
+        `negative_label` when >= 0 (negative conditioning); only for sigma in
+        [guidance_sigma_lo, guidance_sigma_hi] (Kynkaenniemi et al. 2024), D_c elsewhere.
+        """
+        options = dict(method=method, num_steps=num_steps, sigma_min=sigma_min,
+                       sigma_max=sigma_max, rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max,
+                       S_noise=S_noise, eta=eta, order=order, spacing=spacing,
+                       guidance_scale=guidance_scale, guidance_sigma_lo=guidance_sigma_lo,
+                       guidance_sigma_hi=guidance_sigma_hi, negative_label=negative_label)
+        sigmas, sample_fn, D = self._sampler(params, cond, **options)
+        return sample_fn(D, rng, x_init.shape, sigmas=sigmas, x_init=sigmas[0] * x_init,
+                         cond=cond)
+
+    def edit(self, params, rng, x, mask, cond=None, *, task: str, strength: float, **options):
+        """Inpainting or SDEdit of images `x` (the protocol's `edit`) with the sampler that
+        `sample` runs for the same `options`."""
+        sigmas, sample_fn, D = self._sampler(params, cond,
+                                             **{**keyword_defaults(self.sample), **options})
+        return edit_with_sampler(sample_fn, sigmas, D, rng, x, mask, cond, task=task,
+                                 strength=strength)
+
+    def _sampler(self, params, cond, *, method, num_steps, sigma_min, sigma_max, rho, S_churn,
+                 S_min, S_max, S_noise, eta, order, spacing, guidance_scale, guidance_sigma_lo,
+                 guidance_sigma_hi, negative_label):
+        """(sigma grid, grid sampler, denoiser D(x, sigma, cond)) for the sampling options."""
         D = self.conditional_denoiser(params)
         if guidance_scale != 1.0:
             if not self.num_classes or cond is None:
                 raise ValueError("guidance_scale != 1 needs a class-conditional model and labels")
-            D = guidance.classifier_free_guidance(D, guidance_scale, self.num_classes)
-        return fast_sample(D, rng, x_init, cond, method=method, num_steps=num_steps,
-                           sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, S_churn=S_churn,
-                           S_min=S_min, S_max=S_max, S_noise=S_noise, eta=eta, order=order,
-                           spacing=spacing)
+            D = guidance.classifier_free_guidance(
+                D, guidance_scale, self.num_classes,
+                negative_cond=None if negative_label < 0 else negative_label,
+                sigma_lo=guidance_sigma_lo, sigma_hi=guidance_sigma_hi)
+        sigmas = sampler_sigmas(method, num_steps, sigma_min, sigma_max, rho, spacing)
+        sample_fn = grid_sampler(method, S_churn=S_churn, S_min=S_min, S_max=S_max,
+                                 S_noise=S_noise, eta=eta, order=order)
+        return sigmas, sample_fn, D

@@ -12,8 +12,7 @@ samplers run on it and consistency distillation can use it as a teacher.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,10 @@ import jax.numpy as jnp
 from diffusion_jax import denoisers, guidance
 from diffusion_jax.likelihood import dequantized_bpd
 from diffusion_jax.losses.dsm import dsm_loss
-from diffusion_jax.methods.edm import FAST_SAMPLERS, fast_sample, fast_sample_nfe
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.methods.edm import (FAST_SAMPLERS, edit_with_sampler, fast_sample,
+                                       fast_sample_nfe, grid_sampler, keyword_defaults,
+                                       sampler_sigmas)
 from diffusion_jax.processes.sde import SDE, VESDE, expand
 from diffusion_jax.samplers import pc, pc_inverse
 from diffusion_jax.samplers.ode import ode_sample
@@ -68,11 +70,16 @@ class ScoreSDE:
             return -out / expand(self.sde.sigma(t), out)
         return score
 
+    def conditional_denoiser(self, params):
+        """D(x, sigma[, cond]) = E[x0 | x0 + sigma n = x] by Tweedie's formula on the score at
+        the time t with sigma(t) / alpha(t) = sigma (`denoisers.from_vp_score`; VE: alpha = 1)."""
+        score = lambda x, t, cond=None: self.score_fn(params, cond)(x, t)  # noqa: E731
+        return denoisers.from_vp_score(score, self.sde.t_of_edm_sigma, self.sde.alpha)
+
     def denoiser(self, params, cond=None):
-        """D(x, sigma) = E[x0 | x0 + sigma n = x] by Tweedie's formula on the score at the time t
-        with sigma(t) / alpha(t) = sigma (`denoisers.from_vp_score`; VE has alpha = 1)."""
-        return denoisers.from_vp_score(self.score_fn(params, cond), self.sde.t_of_edm_sigma,
-                                       self.sde.alpha)
+        """D(x, sigma) with the condition `cond` fixed (None: unconditional / null label)."""
+        D = self.conditional_denoiser(params)
+        return lambda x, sigma: denoisers.call(D, x, sigma, cond)
 
     def loss(self, params, batch: dict, rng: jax.Array):
         """Continuous-time denoising score matching (Eq. 7, `losses.dsm.dsm_loss`)."""
@@ -133,59 +140,60 @@ class ScoreSDE:
             return float(levels[0]), float(levels[1])
 
     def edit(self, params, rng, x, mask, cond=None, *, task: str, strength: float = 1.0,
-             method: str = "pc", num_steps: int = 1000, eps: float = 1e-3,
-             predictor: str = "euler_maruyama", corrector: str = "none", snr: float = 0.16,
-             n_corrector_steps: int = 1, denoise: bool = True, ode_solver: str = "tsit5",
-             rtol: float = 1e-5, atol: float = 1e-5, **other_sampler_options):
-        """Conditional generation with the PC sampler or the ODE (App. I of the paper).
+             **options):
+        """Image editing (the protocol's `edit`) with the sampler `sample` runs for `options`.
 
-        'inpaint': the pixels where `mask` is True are kept from x, the rest drawn by PC sampling
-        with replacement (`pc_inverse.pc_inpaint`); 'colorize': RGB images whose channel mean is
-        the grey level of x (`pc_inverse.pc_colorize`); 'sdedit' (Meng et al. 2022): x is
-        noised to time t0 = eps + strength (T - eps) and solved back to eps by PC (on the last
-        round(strength * num_steps) steps of the grid) or by the ODE; strength 0 returns x.
-        Options of the fast samplers, which `sample` also takes, play no part here.
-        Returns (images, {"nfe": ...}).
+        PC (App. I of the paper): 'inpaint' keeps the pixels where `mask` is True and draws the
+        rest by PC sampling with replacement (`pc_inverse.pc_inpaint`); 'colorize' returns RGB
+        images whose channel mean is the grey level of x (`pc_inverse.pc_colorize`); 'sdedit'
+        (Meng et al. 2022) noises x to time t0 = eps + strength (T - eps) (the last
+        round(strength * num_steps) steps of the grid) and runs PC back to eps. 'ode': 'sdedit'
+        along the probability-flow ODE from t0. The fast samplers inpaint and SDEdit through
+        the denoiser (`methods.edm.edit_with_sampler`). Strength 0 returns x.
         """
-        if task not in EDIT_TASKS:
-            raise ValueError(f"unknown edit task {task!r}; valid: {', '.join(EDIT_TASKS)}")
-        if method not in ("pc", "ode") or (method == "ode" and task != "sdedit"):
-            raise ValueError(f"score_sde edit task {task!r} runs with sampling.method pc"
-                             f"{' or ode' if task == 'sdedit' else ''}, not {method!r}")
+        o = {**keyword_defaults(self.sample), **options}
+        method, num_steps, eps = o["method"], o["num_steps"], o["eps"]
+        tasks = EDIT_TASKS if method == "pc" else ("sdedit",) if method == "ode" else (
+            "inpaint", "sdedit")
+        if task not in tasks:
+            raise ConfigError(f"edit task {task!r} is not available with sampler {method!r} of "
+                              f"score_sde; valid: {', '.join(tasks)}")
+        if method in FAST_SAMPLERS:
+            lo, hi = self.sigma_range(eps)
+            sigmas = sampler_sigmas(method, num_steps, o["sigma_min"] or lo, o["sigma_max"] or hi,
+                                    o["rho"], o["spacing"])
+            sample_fn = grid_sampler(method, S_churn=o["S_churn"], S_min=o["S_min"],
+                                     S_max=o["S_max"], S_noise=o["S_noise"], eta=o["eta"],
+                                     order=o["order"])
+            return edit_with_sampler(sample_fn, sigmas, self.conditional_denoiser(params), rng,
+                                     x, mask, cond, task=task, strength=strength)
         score = self.score_fn(params, cond)
-        pc_options = dict(predictor=predictor, corrector=corrector, snr=snr,
-                          n_corrector_steps=n_corrector_steps, num_steps=num_steps, eps=eps,
-                          denoise=denoise)
+        pc_options = {k: o[k] for k in ("predictor", "corrector", "snr", "n_corrector_steps",
+                                        "num_steps", "eps", "denoise")}
         if task == "inpaint":
-            out, nfe = pc_inverse.pc_inpaint(score, self.sde, rng, x, mask > 0.5, **pc_options)
-        elif task == "colorize":
+            return pc_inverse.pc_inpaint(score, self.sde, rng, x, mask > 0.5, **pc_options)[0]
+        if task == "colorize":
             if x.shape[-1] != 3:
-                raise ValueError(f"colorize needs RGB images, got {x.shape[-1]} channel(s)")
+                raise ConfigError(f"colorize needs RGB images, got {x.shape[-1]} channel(s)")
             gray = jnp.mean(x, axis=-1, keepdims=True)
-            out, nfe = pc_inverse.pc_colorize(score, self.sde, rng, gray, **pc_options)
-        else:
-            out, nfe = self._sdedit(score, rng, x, strength, method, pc_options,
-                                    _ode_options(ode_solver, rtol, atol, num_steps))
-        return out, {"nfe": jnp.asarray(nfe, jnp.float32)}
-
-    def _sdedit(self, score, rng, x, strength, method, pc_options, ode_options):
-        num_steps, eps = pc_options["num_steps"], pc_options["eps"]
+            return pc_inverse.pc_colorize(score, self.sde, rng, gray, **pc_options)[0]
+        if strength == 0:
+            return x
         if method == "pc":
             start = num_steps - round(strength * num_steps)
+            if start == num_steps:
+                return x
             t0 = eps + (self.sde.T - eps) * (num_steps - 1 - start) / max(num_steps - 1, 1)
         else:
             start, t0 = 0, eps + strength * (self.sde.T - eps)
-        if start == num_steps or strength == 0:
-            return x, 0
         noise_rng, sample_rng = jax.random.split(rng)
-        t = jnp.full(x.shape[:1], t0, x.dtype)
-        mean, std = self.sde.marginal_prob(x, t)
+        mean, std = self.sde.marginal_prob(x, jnp.full(x.shape[:1], t0, x.dtype))
         x_t0 = mean + expand(std, x) * jax.random.normal(noise_rng, x.shape, x.dtype)
         if method == "pc":
             return pc.pc_sample(score, self.sde, sample_rng, x.shape, x_init=x_t0,
-                                start_step=start, **pc_options)
-        return ode_sample(score, self.sde, sample_rng, x.shape, eps=eps, x_init=x_t0,
-                          t_start=t0, **ode_options)
+                                start_step=start, **pc_options)[0]
+        return ode_sample(score, self.sde, sample_rng, x.shape, eps=eps, x_init=x_t0, t_start=t0,
+                          **_ode_options(o["ode_solver"], o["rtol"], o["atol"], num_steps))[0]
 
     def bits_per_dim(self, params, rng, x, cond=None, *, divergence: str = "rademacher",
                      eps: float = 1e-5, ode_solver: str = "tsit5", rtol: float = 1e-5,
