@@ -61,7 +61,7 @@ def _sample(config, workdir, mesh, method, state) -> int:
     options = sampling.sampler_options(method, s)
     batch = _fit_batch(s.batch_size, mesh)
     images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples, batch,
-                               mesh, options)
+                               mesh, options, aux=state.aux)
     if jax.process_index() == 0:
         labels = sampling.class_labels(len(images), method.num_classes)
         png = sampling.save_samples(os.path.join(workdir, "samples"),
@@ -83,7 +83,7 @@ def _edit(config, workdir, mesh, method, state) -> int:
     results = sampling.edit(method, state.ema_params if s.use_ema else state.params,
                             jax.random.PRNGKey(s.seed), x, masks, _fit_batch(s.batch_size, mesh),
                             mesh, sampling.sampler_options(method, s), task=e.task,
-                            strength=e.strength)
+                            strength=e.strength, aux=state.aux)
     if jax.process_index() == 0:
         png = edit_inputs.save_edits(os.path.join(workdir, "samples"),
                                      f"edit_{e.task}_step_{int(state.step)}", x, results,

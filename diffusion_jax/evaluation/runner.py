@@ -168,7 +168,7 @@ def evaluate(config, workdir: str, mesh, method, state) -> int:
 
         sampling.generate(method, params, jax.random.PRNGKey(s.seed + 1000), e.num_samples,
                           batch, mesh, sampling.sampler_options(method, s), start_batch=done,
-                          on_batch=save)
+                          on_batch=save, aux=state.aux)
     samples, sampler_stats = _load_batches(directory, num_batches)
     samples = samples[:e.num_samples]
     metrics = dataset_metrics(config, samples, directory, mesh)
