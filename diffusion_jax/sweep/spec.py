@@ -3,7 +3,7 @@ members, and the reversible names of their work directories.
 
 Members are the cartesian product of the `grid` axes, times the `zipped` axes (varied in
 lockstep), times `seeds` (values of `training.seed`). A member is the dict of its axis values;
-the `config` axis, if present, names different base config files.
+a `config` axis (grid or zipped), if present, names different base config files.
 
 A member's name lists its axis values in axis order, `key=value` joined by commas, e.g.
 `config=digits_vp,sampling.method=heun,sampling.num_steps=18,training.seed=0`:
@@ -155,7 +155,9 @@ class Experiment:
         return [{**g, **z, **s} for g in grid_rows for z in zipped_rows for s in seeds]
 
     def config_files(self) -> list[str]:
-        return list(self.grid.get(CONFIG_AXIS, [self.config]))
+        """The base config files of the members (the `config` axis, if any, else `config`)."""
+        axis = self.grid.get(CONFIG_AXIS, self.zipped.get(CONFIG_AXIS, [self.config]))
+        return list(dict.fromkeys(axis))
 
     def resolve(self, values: dict):
         """The ConfigDict a member runs with: its base config, the fixed overrides, its values."""
@@ -191,8 +193,8 @@ class Experiment:
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         if repeated:
             raise ConfigError(f"keys set twice (overrides, grid, zipped, seeds): {repeated}")
-        if CONFIG_AXIS in self.overrides or CONFIG_AXIS in self.zipped:
-            raise ConfigError("'config' can only be a grid axis")
+        if CONFIG_AXIS in self.overrides:
+            raise ConfigError("'config' is the base config field or an axis, not an override")
         labels = [config_label(path) for path in self.config_files()]
         if len(set(labels)) < len(labels):
             raise ConfigError(f"config files on the config axis need distinct names: {labels}")
