@@ -119,7 +119,7 @@ def sweep_main() -> int:
     if FLAGS.dry_run:
         return runner.dry_run(experiment, workdir, MEMBER_OVERRIDES)
     return runner.run_experiment(experiment, workdir, parallel=FLAGS.parallel,
-                                 extra_args=MEMBER_OVERRIDES)
+                                 extra_args=MEMBER_OVERRIDES, title=FLAGS.experiment)
 
 
 def main(argv):

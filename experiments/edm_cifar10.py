@@ -19,6 +19,6 @@ TINY = {"model.nf": 8, "model.attn_resolutions": (), "training.num_steps": 10,
 
 def get_experiment(arg=None):
     return paper_experiment(
-        arg, ROWS, name="edm_cifar10", metrics=("fid", "nfe"), digits_overrides=TINY,
+        arg, ROWS, name="edm_cifar10", metrics=("fid", "inception_score"), digits_overrides=TINY,
         description="EDM (Karras et al. 2022) on CIFAR-10, unconditional and class-conditional, "
                     "Heun sampler with 35 network evaluations.")

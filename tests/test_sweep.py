@@ -297,6 +297,14 @@ def test_a_failing_member_is_marked_failed_while_the_others_finish(tmp_path):
     assert "1 done, 0 running, 1 failed, 0 pending" in status.stdout
 
 
+def test_a_scripted_study_runs_through_launch(tmp_path):
+    result = launch("--experiment=experiments/sampler_nfe.py:quick", f"--workdir={tmp_path}",
+                    "--dry_run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "scripted study" in result.stdout and not os.listdir(tmp_path)
+    assert callable(load_experiment("experiments/sampler_nfe.py:quick"))
+
+
 @pytest.mark.parametrize("args,fragments", [
     (["--experiment=experiments/nope.py"], ["nope.py", "does not exist"]),
     (["--experiment=experiments/edm_cifar10.py:huge"], ["huge", "digits"]),
@@ -348,6 +356,7 @@ def test_the_edm_digits_experiment_runs_end_to_end(tmp_path):
     rows = results(tmp_path / "edm")
     assert [r["published"] for r in rows.values()] == ["CIFAR-10: FID 1.97 (35 NFE)",
                                                        "CIFAR-10: FID 1.79 (35 NFE)"]
-    assert all(r["status"] == "done" and float(r["nfe"]) == 35 for r in rows.values())
-    assert all(float(r["digits_frechet_distance"]) > 0 for r in rows.values())
+    for row in rows.values():
+        assert row["status"] == "done" and float(row["digits_frechet_distance"]) > 0
+        assert float(row["digits_classifier_score"]) >= 1
     assert report.DIGITS_NOTE in (tmp_path / "edm" / "results.md").read_text()

@@ -36,9 +36,9 @@ def display(key: str, value) -> str:
     return str(value)
 
 
-def load_results(directory: str) -> tuple[Experiment, list[dict]]:
-    """The experiment of `directory` and one record per member: name, values, training,
-    status (`done`, `failed`, `not run`), error, metrics, published."""
+def load_results(directory: str) -> tuple[str, Experiment, list[dict]]:
+    """The title and experiment of `directory` and one record per member: name, values,
+    training, status (`done`, `failed`, `not run`), error, metrics, published."""
     with open(os.path.join(directory, "experiment.json")) as f:
         data = json.load(f)
     experiment = Experiment.from_json(data["experiment"])
@@ -54,7 +54,7 @@ def load_results(directory: str) -> tuple[Experiment, list[dict]]:
             with open(os.path.join(workdir, "failed.json")) as f:
                 row.update(status="failed", error=json.load(f)["error"])
         rows.append(row)
-    return experiment, rows
+    return data["title"], experiment, rows
 
 
 def metric_names(experiment: Experiment, rows: list[dict]) -> list[str]:
@@ -88,7 +88,7 @@ def write_csv(path: str, experiment: Experiment, rows: list[dict]) -> None:
                              *([row["published"]] if experiment.published else [])])
 
 
-def markdown(directory: str, experiment: Experiment, rows: list[dict], plots: list[str]) -> str:
+def markdown(title: str, experiment: Experiment, rows: list[dict], plots: list[str]) -> str:
     metrics = metric_names(experiment, rows)
     headers = [*experiment.axes(), "status", *metrics]
     headers += ["published"] if experiment.published else []
@@ -96,7 +96,7 @@ def markdown(directory: str, experiment: Experiment, rows: list[dict], plots: li
               row["status"] + (f": {row['error']}" if row["error"] else ""),
               *(format_number(row["metrics"][m]) if m in row["metrics"] else "" for m in metrics),
               *([row["published"]] if experiment.published else [])] for row in rows]
-    lines = [f"# {os.path.basename(os.path.normpath(directory))}", ""]
+    lines = [f"# {title}", ""]
     lines += [experiment.description, ""] if experiment.description else []
     if experiment.published and any(m.startswith("digits_") for m in metrics):
         lines += [DIGITS_NOTE, ""]
@@ -191,7 +191,7 @@ def plot_training_curves(path: str, directory: str, rows: list[dict]) -> bool:
 def write_report(directory: str) -> str:
     """Write `results.csv`, `results.md` and `plots/` of an experiment directory (replacing
     earlier ones); returns the path of `results.md`."""
-    experiment, rows = load_results(directory)
+    title, experiment, rows = load_results(directory)
     plots_dir = os.path.join(directory, "plots")
     os.makedirs(plots_dir, exist_ok=True)
     for name in os.listdir(plots_dir):
@@ -203,5 +203,5 @@ def write_report(directory: str) -> str:
     write_csv(os.path.join(directory, "results.csv"), experiment, rows)
     path = os.path.join(directory, "results.md")
     with open(path, "w") as f:
-        f.write(markdown(directory, experiment, rows, plots))
+        f.write(markdown(title, experiment, rows, plots))
     return path

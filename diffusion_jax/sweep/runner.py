@@ -103,13 +103,36 @@ def plan(experiment: Experiment, members: list[dict], directory: str,
 
 def check_extra_args(experiment: Experiment, extra_args) -> None:
     """`--config.key=value` arguments given with `--experiment` go to every member's commands;
-    their keys must exist in every base config."""
+    their keys must exist in every base config and not be set by the experiment."""
     for path in experiment.config_files():
         config = load_config(path)
         for arg in extra_args:
             if not arg.startswith("--config.") or "=" not in arg:
                 raise ConfigError(f"{arg!r}: only --config.KEY=VALUE can be added to every member")
-            check_key(config, arg[len("--config."):].split("=", 1)[0])
+            key = arg[len("--config."):].split("=", 1)[0]
+            check_key(config, key)
+            if key in experiment.overrides or key in experiment.axes():
+                raise ConfigError(f"{key!r} is set by the experiment; it cannot be added to "
+                                  f"every member")
+
+
+def check_same_experiment(experiment: Experiment, directory: str, extra_args) -> None:
+    """A directory that already holds an experiment must have been run with the same base
+    config, fixed overrides, modes and extra arguments: member names encode only the axes, so
+    anything else would mix results. Adding axis values or seeds is fine."""
+    path = os.path.join(directory, "experiment.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        before = json.load(f)
+    now = json.loads(json.dumps(dict(experiment=experiment.to_json(), extra_args=list(extra_args))))
+    for key in ("config", "overrides", "modes"):
+        if before["experiment"][key] != now["experiment"][key]:
+            raise ConfigError(f"{directory} holds an experiment with another {key}: "
+                              f"{before['experiment'][key]!r}; use a new --workdir")
+    if before["extra_args"] != now["extra_args"]:
+        raise ConfigError(f"{directory} was run with the arguments {before['extra_args']}; "
+                          f"use them again or a new --workdir")
 
 
 def dry_run(experiment: Experiment, directory: str, extra_args=(), out=sys.stdout) -> int:
@@ -291,17 +314,20 @@ class _Runner:
 
 
 def run_experiment(experiment: Experiment, directory: str, *, parallel: int = 1,
-                   extra_args=(), out=sys.stdout) -> int:
+                   extra_args=(), title: str = "", out=sys.stdout) -> int:
     """Run every unfinished member (skipping those with `done.json`), `parallel` at a time, then
-    write the report. Returns 0 when every member is done, 1 when some failed. A SIGTERM stops
-    the running commands (training saves a checkpoint) before exiting with 143."""
+    write the report (headed `title`, e.g. the experiment file; default the directory's name).
+    Returns 0 when every member is done, 1 when some failed. A SIGTERM stops the running
+    commands (training saves a checkpoint) before exiting with 143."""
     members = experiment.validate()
     check_extra_args(experiment, extra_args)
     directory = os.path.abspath(directory)
+    check_same_experiment(experiment, directory, extra_args)
     os.makedirs(directory, exist_ok=True)
     jobs = plan(experiment, members, directory, extra_args)
     _write_json(os.path.join(directory, "experiment.json"), dict(
-        experiment=experiment.to_json(), extra_args=list(extra_args),
+        title=title or os.path.basename(directory), experiment=experiment.to_json(),
+        extra_args=list(extra_args),
         members=[dict(name=member_name(v), values=v, training=training_name(v))
                  for v in members]))
     runner = _Runner(directory, jobs, worker_environments(parallel), experiment.metrics, out)
