@@ -95,13 +95,17 @@ def parse_flags(argv):
 
 def sweep_main() -> int:
     """`--experiment`, `--report` or `--status`."""
-    from diffusion_jax.sweep import Experiment, load_experiment, report, runner, status
+    from diffusion_jax.sweep import Experiment, load_experiment
 
     if FLAGS.report:
-        print(f"wrote {report.write_report(FLAGS.report)}")
+        from diffusion_jax.sweep.report import write_report
+
+        print(f"wrote {write_report(FLAGS.report)}")
         return 0
     if FLAGS.status:
-        print(status.status_table(status.read_status(FLAGS.status)))
+        from diffusion_jax.sweep.status import read_status, status_table
+
+        print(status_table(read_status(FLAGS.status)))
         return 0
     experiment = load_experiment(FLAGS.experiment)
     workdir = FLAGS.workdir
@@ -116,6 +120,8 @@ def sweep_main() -> int:
         if MEMBER_OVERRIDES:
             fail("--config.KEY=VALUE does not apply to a scripted study")
         return experiment(workdir)
+    from diffusion_jax.sweep import runner
+
     if FLAGS.dry_run:
         return runner.dry_run(experiment, workdir, MEMBER_OVERRIDES)
     return runner.run_experiment(experiment, workdir, parallel=FLAGS.parallel,

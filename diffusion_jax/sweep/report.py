@@ -107,11 +107,12 @@ def markdown(title: str, experiment: Experiment, rows: list[dict], plots: list[s
 
 
 def _plot_axes(experiment: Experiment) -> list[tuple[str, list[str]]]:
-    """(label, keys) of each axis a plot can vary: each grid key, the zipped keys together,
-    the seed."""
+    """(label, keys) of each axis a plot can vary: each grid key, the zipped keys together
+    (those whose value changes), the seed."""
     axes = [(k, [k]) for k in experiment.grid]
-    if experiment.zipped:
-        axes.append(("+".join(experiment.zipped), list(experiment.zipped)))
+    varying = [k for k, v in experiment.zipped.items() if len({repr(x) for x in v}) > 1]
+    if varying:
+        axes.append(("+".join(varying), varying))
     if experiment.seeds:
         axes.append(("training.seed", ["training.seed"]))
     return axes
