@@ -191,8 +191,8 @@ def test_member_configs_equal_the_configs_parsed_from_their_names(sweep):
 
 
 def test_members_sharing_a_training_run_keep_their_own_evaluations(sweep):
-    ddim = json.loads((sweep / "members/sampling.method=ddim,training.seed=0/done.json").read_text())
-    heun = json.loads((sweep / "members/sampling.method=heun,training.seed=0/done.json").read_text())
+    ddim, heun = (json.loads((sweep / "members" / f"sampling.method={method},training.seed=0" /
+                              "done.json").read_text()) for method in ("ddim", "heun"))
     assert ddim["metrics"]["loss"] == heun["metrics"]["loss"]  # one training run
     assert ddim["metrics"]["digits_frechet_distance"] != heun["metrics"]["digits_frechet_distance"]
     assert sorted(os.listdir(sweep / "train")) == ["training.seed=0", "training.seed=1"]

@@ -81,8 +81,8 @@ def write_csv(path: str, experiment: Experiment, rows: list[dict]) -> None:
         writer = csv.writer(f)
         writer.writerow(headers)
         for row in rows:
-            writer.writerow([row["name"], *(display(k, row["values"][k]) for k in experiment.axes()),
-                             row["status"], row["error"],
+            axes = [display(k, row["values"][k]) for k in experiment.axes()]
+            writer.writerow([row["name"], *axes, row["status"], row["error"],
                              *(repr(row["metrics"][m]) if m in row["metrics"] else ""
                                for m in metrics),
                              *([row["published"]] if experiment.published else [])])
