@@ -255,16 +255,21 @@ class _Runner:
             self.view.tick()
 
     def stop(self) -> None:
-        """SIGTERM to every running command (training checkpoints and exits), then wait."""
+        """SIGTERM to every running command (training checkpoints and exits), wait, and record
+        their jobs as pending again (a re-run resumes them)."""
         for _, _, proc, _ in self.running.values():
             proc.send_signal(signal.SIGTERM)
-        for _, _, proc, logs in self.running.values():
+        for job, _, proc, logs in self.running.values():
             try:
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 proc.kill()
             for f in logs:
                 f.close()
+            job.state, job.mode = "pending", ""
+        if self.running:
+            self.running.clear()
+            self.view.update()
 
     def _fail_orphans(self) -> None:
         for job in self.jobs:
