@@ -312,6 +312,15 @@ def test_extra_arguments_must_name_keys_the_experiment_does_not_set():
         runner.check_extra_args(TWO_AXES, ["--config.training.seed=3"])
 
 
+def test_a_directory_of_an_experiment_with_other_fixed_overrides_is_refused(tmp_path):
+    other = dataclasses.replace(TWO_AXES, overrides={**TINY, "training.num_steps": 8})
+    (tmp_path / "experiment.json").write_text(json.dumps(
+        dict(title="other", experiment=other.to_json(), extra_args=[], members=[])))
+    with pytest.raises(ConfigError, match="another overrides"):
+        runner.run_experiment(TWO_AXES, str(tmp_path), out=io.StringIO())
+    assert os.listdir(tmp_path) == ["experiment.json"]
+
+
 @pytest.mark.parametrize("args,fragments", [
     (["--experiment=experiments/nope.py"], ["nope.py", "does not exist"]),
     (["--experiment=experiments/edm_cifar10.py:huge"], ["huge", "digits"]),

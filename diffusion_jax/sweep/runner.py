@@ -12,9 +12,9 @@ The experiment directory DIR holds:
 - `members/<member name>/`: the member's own work directory. `sample` and `eval` run there with
   `--train_workdir=DIR/train/<training name>`: they restore that run's checkpoint but write their
   samples, `eval/step_<N>/`, `metrics.jsonl`, `config.json` and `run.json` here, so members
-  sharing a checkpoint never overwrite each other. `member.json` (its axis values), `logs/`
-  (`<mode>.out`, `<mode>.err` of the last attempt), and at the end `done.json` (the collected
-  metrics) or `failed.json` (the error line);
+  sharing a checkpoint never overwrite each other. `member.json` (its axis values and training
+  run), `logs/` (`<mode>.out`, `<mode>.err` of the last attempt), and at the end `done.json`
+  (the collected metrics) or `failed.json` (the error line);
 - `status.json` (the live view, `status.py`) and `results.md`, `results.csv`, `plots/`
   (`report.py`).
 A member with `done.json` is finished and skipped on a re-run; any other member runs (again).
@@ -73,6 +73,7 @@ class Job:
     commands: list
     members: list
     after: Job | None = None
+    values: dict = dataclasses.field(default_factory=dict)  # a member's axis values
     state: str = "pending"  # pending, running, done, failed
     mode: str = ""
     error: str = ""
@@ -94,7 +95,7 @@ def plan(experiment: Experiment, members: list[dict], directory: str,
         member_dir = os.path.join(directory, "members", name)
         jobs.append(Job(f"members/{name}", member_dir, [
             (mode, command(experiment, values, mode, member_dir, extra_args, training.workdir))
-            for mode in experiment.modes[1:]], [name], after=training))
+            for mode in experiment.modes[1:]], [name], after=training, values=values))
     for job in jobs:
         if os.path.exists(os.path.join(job.workdir, "done.json")):
             job.state = "done"
@@ -283,7 +284,7 @@ class _Runner:
                 os.remove(os.path.join(job.workdir, "failed.json"))
             if job.after is not None:
                 _write_json(os.path.join(job.workdir, "member.json"),
-                            dict(name=job.members[0], training=job.after.name))
+                            dict(name=job.members[0], values=job.values, training=job.after.name))
         if index == len(job.commands):  # every mode has run
             self._record_done(job)
             return
