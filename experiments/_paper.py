@@ -5,9 +5,9 @@ A paper file (`ddpm_cifar10.py`, `score_sde_cifar10.py`, `edm_cifar10.py`) lists
 calls `paper_experiment`. Without an argument it is the paper's setting on CIFAR-10 (pass the
 data set and the FID Inception weights on the command line: `--config.data.data_dir=DIR
 --config.eval.inception_weights=inception_fid.npz`); `:digits` (or `:quick`) runs the same rows
-on the digits configs with a tiny network for a few steps, in a minute or two on a CPU, so that tests
-exercise the whole pipeline. Its report puts the published CIFAR-10 number beside the digits
-numbers and says that they are not comparable. A new paper table (e.g. consistency models on
+on the digits configs with a tiny network for a few steps, in a minute or two on a CPU, so that
+tests exercise the whole pipeline. Its report puts the published CIFAR-10 number beside the
+digits numbers and says that they are not comparable. A new paper table (e.g. consistency models on
 CIFAR-10) is one more small file of rows.
 """
 from __future__ import annotations
