@@ -16,8 +16,10 @@ from diffusion_jax.models.unet import count_params
 MODES = ("train", "sample", "eval", "info")
 
 
-def run(config, workdir: str, mode: str) -> int:
-    """Run one mode; returns the process exit status."""
+def run(config, workdir: str, mode: str, train_workdir: str | None = None) -> int:
+    """Run one mode; returns the process exit status. Sample and eval restore the newest
+    checkpoint of `train_workdir` (default `workdir`) and write to `workdir`, so several
+    evaluations of one training run (an experiment's members) keep their own outputs."""
     choose("mode", mode, MODES)
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir",
@@ -45,7 +47,7 @@ def run(config, workdir: str, mode: str) -> int:
         return 0
     from diffusion_jax.training.loop import restore_state
 
-    method, state = restore_state(config, workdir, mesh)
+    method, state = restore_state(config, train_workdir or workdir, mesh)
     if mode == "sample":
         if config.edit.task != "none":
             return _edit(config, workdir, mesh, method, state)
