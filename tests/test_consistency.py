@@ -387,19 +387,21 @@ def test_lpips_distance_reads_its_weights_from_the_configured_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_consistency_steps_experiment_quick(tmp_path, capsys):
-    from experiments import consistency_steps
-
-    assert consistency_steps.run(str(tmp_path), "quick") == 0
+def test_consistency_steps_experiment_quick_through_the_launcher(tmp_path):
     import csv
 
+    args = [sys.executable, os.path.join(ROOT, "launch.py"),
+            "--experiment=experiments/consistency_steps.py:quick", f"--workdir={tmp_path}"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| CD | onestep | 1 |" in result.stdout
     with open(tmp_path / "consistency_steps.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["model"], int(r["nfe"])) for r in rows] == (
         [("EDM teacher", 35)] + [(m, k) for m in ("CD", "iCT") for k in (1, 2)])
     assert all(np.isfinite(float(r["digits_frechet"])) for r in rows)
     assert (tmp_path / "consistency_steps.png").exists()
-    assert "| CD | onestep | 1 |" in capsys.readouterr().out
 
 
 def test_cifar10_configs_build_the_papers_56_40m_network():

@@ -33,7 +33,7 @@ TWO_AXES = Experiment(config=DIGITS, overrides=TINY, grid={"sampling.method": ["
                       description="Two axes on a tiny digits DDPM.")
 WITH_A_FAILING_SAMPLER = dataclasses.replace(TWO_AXES,
                                              grid={"sampling.method": ["ddim", "heun", "nope"]})
-PAPER = ("ddpm_cifar10", "score_sde_cifar10", "edm_cifar10")
+PAPER = ("ddpm_cifar10", "score_sde_cifar10", "edm_cifar10", "consistency_cifar10")
 
 
 def launch(*args, timeout=600):
@@ -374,3 +374,17 @@ def test_the_edm_digits_experiment_runs_end_to_end(tmp_path):
         assert row["status"] == "done" and float(row["digits_frechet_distance"]) > 0
         assert float(row["digits_classifier_score"]) >= 1
     assert report.DIGITS_NOTE in (tmp_path / "edm" / "results.md").read_text()
+
+
+def test_the_sde_sampler_ablation_expands_over_predictors_correctors_and_the_ode():
+    """experiments/sde_samplers.py (issue: score SDEs): every SDE x every sampler, one training
+    run per SDE."""
+    full, quick = (load_experiment(f"experiments/sde_samplers.py{arg}") for arg in ("", ":quick"))
+    members = full.validate()
+    assert len(members) == 3 * 9 and len({spec.training_name(m) for m in members}) == 3
+    samplers = {(m["sampling.method"], m["sampling.predictor"], m["sampling.corrector"])
+                for m in members}
+    assert ("pc", "reverse_diffusion", "langevin") in samplers and (
+        "ode", "euler_maruyama", "none") in samplers
+    assert {"digits_frechet_distance", "nfe"} <= set(full.metrics)
+    assert len(quick.validate()) == 3
