@@ -14,6 +14,7 @@ student starts from it; CT and iCT ignore the teacher. `:digits` (or `:quick`): 
 its CD row needs a digits EDM teacher trained with the same tiny network keys (model.nf=8,
 model.attn_resolutions=()), passed the same way.
 """
+from experiments import edm_cifar10
 from experiments._paper import Row, paper_experiment
 
 CD = ("configs/consistency/cifar10_cd_lpips.py", "configs/consistency/digits_cd.py")
@@ -24,10 +25,8 @@ TWO = {"sampling.method": "multistep", "sampling.num_steps": 2}
 ROWS = [Row(*CD, "FID 3.55 (1 step)", ONE), Row(*CD, "FID 2.93 (2 steps)", TWO),
         Row(*CT, "FID 8.70 (1 step)", ONE), Row(*CT, "FID 5.83 (2 steps)", TWO),
         Row(*ICT, "FID 2.83 (1 step)", ONE), Row(*ICT, "FID 2.46 (2 steps)", TWO)]
-TINY = {"model.nf": 8, "model.attn_resolutions": (), "training.num_steps": 10,
-        "training.batch_size": 16, "training.checkpoint_every": 10, "training.log_every": 5,
-        "training.sample_at_end": False, "optim.warmup_steps": 0, "sampling.batch_size": 8,
-        "eval.num_samples": 16, "eval.batch_size": 8, "eval.num_reference": 64}
+# the digits version trains the NCSN++ family's tiny net of the EDM table (same keys)
+TINY = edm_cifar10.TINY
 
 
 def get_experiment(arg=None):

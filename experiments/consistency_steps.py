@@ -24,7 +24,6 @@ import os
 import time
 
 import jax
-import numpy as np
 
 from configs.consistency import digits_cd, digits_ct
 from configs.edm import digits as edm_digits

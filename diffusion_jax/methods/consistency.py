@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +142,7 @@ class Consistency:
         mu = (objectives.ct_target_decay(self.current_num_scales(step), self.s0, self.mu0)
               if self.training_mode == "ct" else self.target_ema)
         target = jax.tree.map(lambda t, p: mu * t + (1.0 - mu) * p, aux["target"], params)
-        return {**aux, "target": jax.lax.stop_gradient(target)}
+        return {**aux, "target": target}
 
     # --- training -----------------------------------------------------------------------
     def current_num_scales(self, step):
