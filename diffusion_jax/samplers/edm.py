@@ -39,11 +39,12 @@ def euler_step(denoiser: Callable, x: jax.Array, sigma, sigma_next, cond=None) -
     return x + delta * ode_derivative(denoiser, x, sigma, cond)
 
 
-def heun_step(denoiser: Callable, x: jax.Array, sigma, sigma_next, cond=None) -> jax.Array:
+def heun_step(denoiser: Callable, x: jax.Array, sigma, sigma_next, cond=None,
+              d: Optional[jax.Array] = None) -> jax.Array:
     """Heun's second-order step from sigma to sigma_next > 0 (Algorithm 1, lines 5-8): the mean
-    of the slopes at x and at the Euler prediction."""
+    of the slopes at x (`d`, computed when not given) and at the Euler prediction."""
     delta = expand(per_example(sigma_next, x) - per_example(sigma, x), x)
-    d = ode_derivative(denoiser, x, sigma, cond)
+    d = ode_derivative(denoiser, x, sigma, cond) if d is None else d
     x_euler = x + delta * d
     return x + delta * 0.5 * (d + ode_derivative(denoiser, x_euler, sigma_next, cond))
 
@@ -82,10 +83,12 @@ def edm_sample(denoiser: Callable, rng: jax.Array, shape, *, num_steps: int = 18
     gamma_max = min(S_churn / max(num, 1), math.sqrt(2.0) - 1.0)
 
     def ode_step(x, sigma, sigma_next):
+        d = ode_derivative(D, x, sigma)  # shared by both branches: one evaluation
+        x_euler = x + (sigma_next - sigma) * d
         if solver == "euler":
-            return euler_step(D, x, sigma, sigma_next)
-        return jax.lax.cond(sigma_next > 0, lambda: heun_step(D, x, sigma, sigma_next),
-                            lambda: euler_step(D, x, sigma, sigma_next))
+            return x_euler
+        return jax.lax.cond(sigma_next > 0, lambda: heun_step(D, x, sigma, sigma_next, d=d),
+                            lambda: x_euler)
 
     def ancestral_step(x, sigma, sigma_next, key):
         sigma_up = jnp.minimum(sigma_next, eta * sigma_next * jnp.sqrt(1.0 - (sigma_next / sigma) ** 2))
