@@ -1,55 +1,54 @@
-"""Training throughput of the DDPM CIFAR-10 U-Net (35.7M parameters), ours beside diffusers'.
+"""Training throughput of the CIFAR-10 networks (DDPM U-Net, score-SDE DDPM++, EDM DDPM++), ours
+beside diffusers'.
 
-    python benchmarks/train_throughput.py [--batch 128] [--steps 20] [--image_size 32]
+    python benchmarks/train_throughput.py [--networks ddpm,score_sde_ddpmpp,edm_ddpmpp]
+        [--dtypes float32,bfloat16] [--batch 128] [--steps 20] [--image_size 32] [--tiny]
+        [--compilation_cache_dir DIR]
 
-One training step = forward + epsilon MSE loss + backward + Adam (+ EMA for ours), on random
-data, batch sharded over every local device. Prints one table: images/s (median over the timed
-steps) and model FLOP utilisation, MFU = images/s x 3 x forward FLOPs / ceiling, where the
-ceiling is a bf16 matrix product measured in the same run (8192^3 on a GPU). When torch and
-diffusers are importable, diffusers' UNet2DModel with the same configuration is timed in the
-same run (eager and torch.compile, tf32 and bf16 autocast) and the ratio printed.
+Networks (`_common.NETWORKS`): `ddpm` = configs/ddpm/cifar10.py (U-Net, 35,746,307 params),
+`score_sde_ddpmpp` = configs/score_sde/cifar10_ddpmpp_continuous.py (DDPM++ cont.,
+61,804,419), `edm_ddpmpp` = configs/edm/cifar10_uncond.py (EDM's DDPM++, 55.73M), each in
+float32 and bfloat16 compute (`model.dtype`, params float32), all at the same `--batch`.
+One training step = the method's loss (DDPM simple loss, VP DSM, EDM loss) + backward + Adam
+(+ EMA), on random data, batch sharded over every local device. Prints one table: parameters,
+forward GFLOP per image, images/s (median over the timed steps, each blocked until ready),
+model FLOP utilisation MFU = images/s x 3 x forward FLOPs / ceiling, where the ceiling is a
+bf16 matrix product measured in the same run (8192^3 on a GPU), and compile s (the first step,
+compile included; with the persistent compilation cache a second launch loads it instead).
+When torch and diffusers are importable with CUDA, diffusers' UNet2DModel with the DDPM U-Net's
+configuration (`_diffusers.unet`) is timed in the same run (eager and torch.compile, tf32 and
+bf16 autocast) and the DDPM rows print their ratio to it. `--tiny` shrinks every network to a
+few thousand parameters for a CPU smoke run.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from configs.ddpm import cifar10  # noqa: E402
-from diffusion_jax import builders, parallel  # noqa: E402
+import _common  # noqa: E402
+import _diffusers  # noqa: E402
+from diffusion_jax import parallel  # noqa: E402
 from diffusion_jax.flops import count_flops  # noqa: E402
+from diffusion_jax.models.unet import count_params  # noqa: E402
 from diffusion_jax.training.loop import initial_state  # noqa: E402
 from diffusion_jax.training.optim import make_optimizer  # noqa: E402
 from diffusion_jax.training.step import jit_train_step  # noqa: E402
 
 
-def matmul_ceiling(n: int) -> float:
-    """FLOP/s of a bf16 n^3 matrix product (the practical peak of this device)."""
-    a = jnp.ones((n, n), jnp.bfloat16)
-    f = jax.jit(lambda a, b: a @ b)
-    f(a, a).block_until_ready()
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
-
-
-def time_ours(dtype: str, batch: int, steps: int, image_size: int):
-    config = cifar10.get_config()
-    config.model.dtype = dtype
-    config.optim.warmup_steps = 0
-    method = builders.build_method(config)
-    method = dataclasses.replace(method, image_shape=(image_size, image_size, 3))
+def time_ours(network: str, dtype: str, batch: int, steps: int, image_size: int,
+              tiny: bool = False):
+    """(images/s, forward FLOPs per image, params, compile s) of one network's training step."""
+    config = _common.network_config(network, dtype, image_size, tiny)
+    method = _common.build_method(config, image_size)
     optimizer = make_optimizer(config.optim)
     mesh = parallel.make_mesh()
     state = initial_state(method, optimizer, 0, mesh)
@@ -70,28 +69,20 @@ def time_ours(dtype: str, batch: int, steps: int, image_size: int):
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     tt = jax.ShapeDtypeStruct((1,), jnp.float32)
     flops = count_flops(lambda p, x, t: method.apply(p, x, t), state.params, x, tt)
-    return batch / statistics.median(times), flops, compile_s
+    return batch / statistics.median(times), flops, count_params(state.params), compile_s
 
 
 def time_diffusers(batch: int, steps: int, image_size: int):
     """(mode, images/s) rows for diffusers' UNet2DModel, or [] when torch/diffusers are absent."""
-    try:
-        import torch
-        from diffusers import UNet2DModel
-    except ImportError:
+    if not _diffusers.available():
         return []
-    if not torch.cuda.is_available():
-        return []
+    import torch
+
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     rows = []
     for compiled in (False, True):
         for autocast in (False, True):
-            model = UNet2DModel(sample_size=image_size, in_channels=3, out_channels=3,
-                                block_out_channels=(128, 256, 256, 256), layers_per_block=2,
-                                down_block_types=("DownBlock2D", "AttnDownBlock2D",
-                                                  "DownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D",
-                                                "UpBlock2D"), dropout=0.1).cuda()
+            model = _diffusers.unet(image_size)
             opt = torch.optim.Adam(model.parameters(), lr=2e-4)
             fwd = torch.compile(model) if compiled else model
             x = torch.randn(batch, 3, image_size, image_size, device="cuda")
@@ -113,34 +104,51 @@ def time_diffusers(batch: int, steps: int, image_size: int):
                 step()
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
-            mode = f"diffusers {'compiled' if compiled else 'eager'} {'bf16' if autocast else 'tf32'}"
+            mode = (f"diffusers {'compiled' if compiled else 'eager'} "
+                    f"{'bf16' if autocast else 'tf32'}")
             rows.append((mode, batch / statistics.median(times)))
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", default=",".join(_common.NETWORKS),
+                        help=f"comma-separated, of {', '.join(_common.NETWORKS)}")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (model.dtype)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--matmul", type=int, default=0, help="ceiling matmul size (0: auto)")
-    args = parser.parse_args()
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny networks (16 channels, 1 block): CPU smoke runs only")
+    parser.add_argument("--compilation_cache_dir", default=_common.DEFAULT_CACHE_DIR,
+                        help="persistent XLA compilation cache ('' = off)")
+    args = parser.parse_args(argv)
+    networks = _common.parse_networks(args.networks)
+    _common.enable_compilation_cache(args.compilation_cache_dir)
     on_gpu = jax.default_backend() == "gpu"
-    ceiling = matmul_ceiling(args.matmul or (8192 if on_gpu else 1024))
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
-          f"bf16 matmul ceiling {ceiling / 1e12:.1f} TFLOP/s")
-    rows = []
-    for dtype in ("float32", "bfloat16"):
-        ips, flops, compile_s = time_ours(dtype, args.batch, args.steps, args.image_size)
-        rows.append((f"diffusion_jax {dtype}", ips, 3 * flops * ips / ceiling, compile_s))
-    for mode, ips in time_diffusers(args.batch, args.steps, args.image_size):
-        rows.append((mode, ips, 3 * flops * ips / ceiling, float("nan")))
-    reference = next((r[1] for r in rows if r[0] == "diffusers compiled bf16"), None)
-    print(f"\n| mode | train images/s | MFU | compile s | vs diffusers compiled bf16 |")
-    print("|---|---|---|---|---|")
-    for mode, ips, mfu, compile_s in rows:
-        ratio = f"{ips / reference:.2f}x" if reference else "n/a"
-        print(f"| {mode} | {ips:,.1f} | {100 * mfu:.1f}% | {compile_s:.1f} | {ratio} |")
+    ceiling = _common.matmul_ceiling(args.matmul or (8192 if on_gpu else 1024))
+    print(f"{_common.device_line()}, bf16 matmul ceiling {ceiling / 1e12:.1f} TFLOP/s, "
+          f"batch {args.batch}, {args.image_size}x{args.image_size}"
+          f"{', tiny networks' if args.tiny else ''}")
+    rows = []  # (network, params, flops, mode, images/s, compile s)
+    for network in networks:
+        for dtype in args.dtypes.split(","):
+            ips, flops, params, compile_s = time_ours(network, dtype, args.batch, args.steps,
+                                                      args.image_size, args.tiny)
+            rows.append((network, params, flops, f"diffusion_jax {dtype}", ips, compile_s))
+            print(f"  timed {network} {dtype}: {ips:,.1f} images/s", flush=True)
+        if network == "ddpm" and not args.tiny:
+            for mode, ips in time_diffusers(args.batch, args.steps, args.image_size):
+                rows.append((network, params, flops, mode, ips, float("nan")))
+    reference = next((r[4] for r in rows if r[3] == "diffusers compiled bf16"), None)
+    print("\n| network | params | forward GFLOP | mode | train images/s | MFU | compile s "
+          "| vs diffusers compiled bf16 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for network, params, flops, mode, ips, compile_s in rows:
+        ratio = f"{ips / reference:.2f}x" if reference and network == "ddpm" else "n/a"
+        print(f"| {network} | {params:,} | {flops / 1e9:.4g} | {mode} | {ips:,.1f} | "
+              f"{100 * 3 * flops * ips / ceiling:.1f}% | {compile_s:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""What the benchmark scripts share: the networks they time, the bf16 ceiling, the XLA cache."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from configs.ddpm import cifar10 as ddpm_cifar10
+from configs.edm import cifar10_uncond as edm_cifar10
+from configs.score_sde import cifar10_ddpmpp_continuous as score_sde_cifar10
+from diffusion_jax import builders
+
+# name -> (config file, get_config): the CIFAR-10 networks of the three papers
+NETWORKS = {
+    "ddpm": ("configs/ddpm/cifar10.py", ddpm_cifar10.get_config),  # U-Net, 35,746,307 params
+    "score_sde_ddpmpp": ("configs/score_sde/cifar10_ddpmpp_continuous.py",
+                         score_sde_cifar10.get_config),  # DDPM++ cont., 61,804,419 params
+    "edm_ddpmpp": ("configs/edm/cifar10_uncond.py", edm_cifar10.get_config),  # 55.73M params
+}
+DEFAULT_CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/diffusion_jax/xla")
+
+
+def parse_networks(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in NETWORKS]
+    if unknown:
+        raise SystemExit(f"unknown network(s) {', '.join(unknown)}; valid: {', '.join(NETWORKS)}")
+    return names
+
+
+def network_config(network: str, dtype: str, image_size: int, tiny: bool = False):
+    """The network's paper config with `model.dtype` = dtype (compute; params stay float32) and
+    no learning-rate warm-up. `tiny`: 16 channels, multipliers (1, 2) ((2, 2) for EDM), one block
+    per resolution, attention at image_size / 2 -- for CPU smoke runs only."""
+    config = NETWORKS[network][1]()
+    config.model.dtype = dtype
+    config.optim.warmup_steps = 0
+    if tiny:
+        width = "ch" if config.model.name == "unet" else "nf"
+        config.model.update({width: 16, "ch_mult": (2, 2) if network == "edm_ddpmpp" else (1, 2),
+                             "num_res_blocks": 1, "attn_resolutions": (image_size // 2,)})
+    return config
+
+
+def build_method(config, image_size: int):
+    """The config's method on image_size x image_size x 3 images."""
+    method = builders.build_method(config)
+    return dataclasses.replace(method, image_shape=(image_size, image_size, 3))
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """The persistent XLA compilation cache (as `config.compilation_cache_dir` in the launcher):
+    a second launch loads its programs instead of compiling them. '' leaves it off."""
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+
+
+def matmul_ceiling(n: int) -> float:
+    """FLOP/s of a bf16 n^3 matrix product (the practical peak of this device)."""
+    a = jnp.ones((n, n), jnp.bfloat16)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def device_line() -> str:
+    return f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}"

@@ -1,0 +1,33 @@
+"""diffusers' UNet2DModel with the DDPM CIFAR-10 configuration (configs/ddpm/cifar10.py), the
+PyTorch baseline both benchmark scripts time. torch and diffusers are optional: `available()`
+is False without them or without CUDA, and nothing here is imported at module level."""
+from __future__ import annotations
+
+
+def available() -> bool:
+    """torch and diffusers importable and a CUDA device present."""
+    try:
+        import diffusers  # noqa: F401
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def unet(image_size: int = 32):
+    """The DDPM CIFAR-10 U-Net in diffusers (35.7M parameters at ch 128, ch_mult (1, 2, 2, 2),
+    2 blocks, attention at 16x16, dropout 0.1), on the GPU."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=image_size, in_channels=3, out_channels=3,
+                       block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
+                                         "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                       dropout=0.1).cuda()
+
+
+def ddpm_scheduler_kwargs() -> dict:
+    """The DDPM CIFAR-10 schedule: T = 1000, linear betas 1e-4..0.02, epsilon prediction."""
+    return dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                beta_end=0.02, prediction_type="epsilon")

@@ -1,0 +1,50 @@
+"""Smoke tests of the benchmark scripts: they run on CPU with tiny networks and print their
+table. No timing is asserted (the numbers of a CPU smoke run mean nothing)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(name, *args):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), *args],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def table_rows(stdout):
+    return [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+
+
+@pytest.mark.slow
+def test_train_throughput_smoke():
+    stdout = run_script("train_throughput.py", "--tiny", "--networks", "ddpm", "--dtypes",
+                        "float32", "--batch", "2", "--steps", "1", "--image_size", "8",
+                        "--matmul", "64")
+    header, *rows = table_rows(stdout)
+    assert "train images/s" in header and "MFU" in header and "compile s" in header
+    assert len(rows) == 1 and rows[0].startswith("| ddpm |")
+    assert "diffusion_jax float32" in rows[0]
+
+
+@pytest.mark.slow
+def test_sampler_throughput_smoke():
+    stdout = run_script("sampler_throughput.py", "--tiny", "--batch", "2", "--image_size", "8",
+                        "--samplers", "ddim", "--steps_scale", "0.01", "--repeats", "1")
+    header, *rows = table_rows(stdout)
+    assert "ours images/s" in header and "ours / diffusers" in header
+    assert [r.split(" | ")[0] for r in rows] == ["| eval", "| ddim 2 steps"]
+
+
+def test_unknown_network_is_refused():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_throughput.py"),
+                          "--networks", "resnet"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "valid: ddpm, score_sde_ddpmpp, edm_ddpmpp" in out.stderr
