@@ -1,7 +1,9 @@
 """One process of a two-process training run on loopback (used by test_training.py).
 
-usage: python distributed_worker.py PORT PROCESS_ID WORKDIR
-Prints `checksum: X` of the final parameters.
+usage: python distributed_worker.py PORT PROCESS_ID WORKDIR [FSDP]
+FSDP: the size of the mesh's fsdp axis (default 1: data parallel; 2: the parameters, their EMA
+and the optimizer state split over the two processes). Prints `checksum: X` of the final
+parameters.
 """
 import os
 import sys
@@ -16,13 +18,15 @@ import numpy as np  # noqa: E402
 from helpers import tiny_ddpm_config  # noqa: E402
 
 
-def main(port: str, process_id: str, workdir: str):
+def main(port: str, process_id: str, workdir: str, fsdp: str = "1"):
     from diffusion_jax import parallel
     from diffusion_jax.training.loop import train
 
     parallel.initialize_distributed(f"127.0.0.1:{port}", 2, int(process_id))
     assert jax.process_count() == 2 and jax.device_count() == 2
-    state, _ = train(tiny_ddpm_config(num_steps=6, checkpoint_every=3), workdir)
+    config = tiny_ddpm_config(num_steps=6, checkpoint_every=3)
+    config.mesh.fsdp = int(fsdp)
+    state, _ = train(config, workdir)
     leaves = [parallel.to_host(x) for x in jax.tree.leaves(state.params)]
     print(f"checksum: {sum(float(np.sum(np.abs(x), dtype=np.float64)) for x in leaves):.10e}")
 

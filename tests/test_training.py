@@ -72,11 +72,14 @@ def test_eight_devices_equal_one_device():
 
 
 @pytest.mark.slow
-def test_two_processes_on_loopback_train_and_agree(tmp_path):
+@pytest.mark.parametrize("fsdp", [1, 2], ids=["data_parallel", "fsdp"])
+def test_two_processes_on_loopback_train_and_agree(tmp_path, fsdp):
+    """Two processes (one CPU device each) train together, data parallel or with the state
+    FSDP-sharded across them, and end on the parameters of one process with two devices."""
     port = portpicker.pick_unused_port()
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "distributed_worker.py"),
-                               str(port), str(i), str(tmp_path / "run")],
+                               str(port), str(i), str(tmp_path / "run"), str(fsdp)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
