@@ -3,6 +3,7 @@
     python launch.py                                  # DDPM on the embedded digits, then samples
     python launch.py --config=configs/ddpm/cifar10.py:bf16 --workdir=runs/c10 --mode=train
     python launch.py --config=... --config.training.num_steps=10 --mode=info|sample|eval
+    python launch.py --config=configs/text/shapes_edm.py --mode=sample --prompt="a red circle on the left"
 
 Config errors (unknown keys, bad values, unknown names) print one line and exit with status 2.
 """
@@ -69,6 +70,8 @@ def define_flags(argv):
         fail(str(e).strip().splitlines()[-1])
     flags.DEFINE_string("workdir", "workdir", "directory for config, metrics, checkpoints, samples")
     flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "info"], "what to run")
+    flags.DEFINE_string("prompt", "", "sample mode, text-conditional model: the caption to draw")
+    flags.DEFINE_string("negative_prompt", "", "sample mode: the caption to guide away from")
 
 
 def parse_flags(argv):
@@ -86,7 +89,7 @@ def main(argv):
     from diffusion_jax.launcher import run
 
     try:
-        return run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+        return run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.prompt, FLAGS.negative_prompt)
     except UserError as e:
         fail(str(e))
 

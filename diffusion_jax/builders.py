@@ -13,12 +13,18 @@ from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.methods import ddpm, score_sde
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
+from diffusion_jax.methods.autoencoder import Autoencoder
+from diffusion_jax.models.autoencoder import AutoencoderKL
+from diffusion_jax.models.dit import DiT
 from diffusion_jax.models.ncsnpp import NCSNpp
+from diffusion_jax.models.text_encoder import (ByteTextEncoder, PrecomputedTextEncoder,
+                                               TextConditioned, load_embedding_table)
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.processes import parameterization, schedules, sde as sdes
 from diffusion_jax.samplers import ode, pc
 
-MODELS = {"unet": UNet, "ncsnpp": NCSNpp}
+MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL}
+TEXT_ENCODERS = ("bytes", "precomputed")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NOT_CONFIGURABLE = {"parent", "name", "out_channels", "num_classes"}
 
@@ -31,6 +37,35 @@ def dataset_spec(config) -> DatasetSpec:
 def num_classes(config) -> int:
     """Classes the model is conditioned on: 0 unless `model.class_conditional`."""
     return dataset_spec(config).num_classes if config.model.get("class_conditional", False) else 0
+
+
+def caption_length(config) -> int:
+    """Caption tokens the model is conditioned on: 0 unless `text.encoder` is not 'none'."""
+    t = config.get("text")
+    if t is None or t.encoder == "none":
+        return 0
+    choose("text encoder (text.encoder)", t.encoder, TEXT_ENCODERS)
+    length = dataset_spec(config).caption_length
+    if not length:
+        raise ConfigError(f"text.encoder={t.encoder!r} needs a captioned data set (shapes); "
+                          f"{config.data.dataset!r} has no captions")
+    if config.model.get("class_conditional", False):
+        raise ConfigError("model.class_conditional and text.encoder exclude each other")
+    return length
+
+
+def build_text_encoder(config, dtype):
+    """The caption encoder of `text.encoder`: 'bytes' (a transformer trained with the model) or
+    'precomputed' (embeddings looked up in the file `text.embeddings`)."""
+    t, length = config.text, caption_length(config)
+    if t.encoder == "bytes":
+        return ByteTextEncoder(width=t.width, num_layers=t.num_layers, num_heads=t.num_heads,
+                               max_length=length, dtype=dtype)
+    if not t.embeddings:
+        raise ConfigError("text.encoder='precomputed' needs text.embeddings (an .npz with "
+                          "'captions' and 'embeddings')")
+    load_embedding_table(t.embeddings, length)  # a one-line error now if the file is bad
+    return PrecomputedTextEncoder(file=t.embeddings, width=t.width, max_length=length, dtype=dtype)
 
 
 def build_mesh(config):
@@ -60,7 +95,20 @@ def build_model(config):
             choose("model.dtype", value, DTYPES)
             value = DTYPES[value]
         kwargs[key] = tuple(value) if isinstance(value, list) else value
-    return module(num_classes=num_classes(config), **kwargs)
+    length = caption_length(config)
+    if "num_classes" not in {f.name for f in dataclasses.fields(module)}:
+        if num_classes(config) or length:
+            raise ConfigError(f"model {cfg.name!r} takes no condition (model.class_conditional, "
+                              f"text.encoder)")
+        return module(**kwargs)
+    if not length:
+        return module(num_classes=num_classes(config), **kwargs)
+    if "cross_attention" not in fields:
+        raise ConfigError(f"model {cfg.name!r} has no cross-attention for text.encoder; use "
+                          f"unet or dit")
+    backbone = module(num_classes=0, **{**kwargs, "cross_attention": True})
+    return TextConditioned(backbone=backbone, encoder=build_text_encoder(config, backbone.dtype),
+                           caption_length=length)
 
 
 def build_ddpm(config, model):
@@ -72,18 +120,24 @@ def build_ddpm(config, model):
               else {})
     return DDPM(model=model, schedule=schedules.make_schedule(d.schedule, d.num_timesteps, **kwargs),
                 image_shape=dataset_spec(config).image_shape, prediction=d.prediction,
-                num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0))
+                num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0),
+                caption_length=caption_length(config))
 
 
 def build_edm(config, model):
     """EDM (Karras et al. 2022) around `model`, which gets c_noise of `edm.precond` as noise input."""
     e = config.edm
     choose("preconditioning (edm.precond)", e.precond, PRECONDITIONINGS)
-    if config.sampling.get("guidance_scale", 1.0) != 1.0 and not num_classes(config):
-        raise ConfigError("sampling.guidance_scale != 1 needs model.class_conditional=True")
+    if (config.sampling.get("guidance_scale", 1.0) != 1.0 and not num_classes(config)
+            and not caption_length(config)):
+        raise ConfigError("sampling.guidance_scale != 1 needs model.class_conditional=True or "
+                          "a text encoder (text.encoder)")
+    if config.sampling.get("negative_prompt", "") and not caption_length(config):
+        raise ConfigError("sampling.negative_prompt needs a text-conditional model (text.encoder)")
     return EDM(model=model, image_shape=dataset_spec(config).image_shape,
                num_classes=num_classes(config), label_dropout=e.label_dropout,
-               sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond)
+               sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond,
+               caption_length=caption_length(config))
 
 
 def build_sde(config) -> sdes.SDE:
@@ -113,11 +167,24 @@ def build_score_sde(config, model):
         num_classes=num_classes(config), label_dropout=s.label_dropout,
         num_levels=spec.num_levels, train_eps=s.train_eps,
         likelihood_weighting=s.likelihood_weighting,
-        importance_weighting=s.importance_weighting, reduce=s.reduce)
+        importance_weighting=s.importance_weighting, reduce=s.reduce,
+        caption_length=caption_length(config))
 
 
-METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde}
-SAMPLERS = {"ddpm": ddpm.SAMPLERS, "edm": FAST_SAMPLERS, "score_sde": score_sde.SAMPLERS}
+def build_autoencoder(config, model):
+    """The KL autoencoder of latent diffusion (`methods.autoencoder`), decoding to the data's
+    channels."""
+    a = config.autoencoder
+    shape = dataset_spec(config).image_shape
+    return Autoencoder(model=model.clone(out_channels=shape[-1]), image_shape=shape,
+                       kl_weight=a.kl_weight, perceptual_weight=a.perceptual_weight,
+                       reconstruction=a.reconstruction)
+
+
+METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
+           "autoencoder": build_autoencoder}
+SAMPLERS = {"ddpm": ddpm.SAMPLERS, "edm": FAST_SAMPLERS, "score_sde": score_sde.SAMPLERS,
+            "autoencoder": ("prior",)}
 
 
 def build_method(config):

@@ -97,6 +97,8 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
     if e.reference_stats and not os.path.exists(e.reference_stats):
         raise ConfigError(f"eval.reference_stats {e.reference_stats!r} does not exist")
     stats = load_statistics(e.reference_stats) if e.reference_stats else None
+    if config.data.dataset == "shapes":
+        return shapes_caption_metrics(samples)
     if config.data.dataset == "digits":
         from diffusion_jax.evaluation.digits_features import digits_feature_fn
 
@@ -113,6 +115,18 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
     return feature_metrics(inception_feature_fn(e.inception_weights, batch(200), mesh), samples,
                            _reference_images(config, e.num_reference), reference_stats=stats,
                            stats_path=stats_path)
+
+
+def shapes_caption_metrics(samples: np.ndarray) -> dict:
+    """How often samples drawn for the test captions of `shapes` (in order, as `evaluate` draws
+    them) have the caption's colour and place, by the data set's detectors."""
+    from diffusion_jax.data import shapes
+
+    captions = shapes.load_shapes("test")[2]
+    captions = [captions[i % len(captions)] for i in range(len(samples))]
+    colour, position = shapes.attributes(captions)
+    return {"shapes_colour_accuracy": float(np.mean(shapes.colour_of(samples) == colour)),
+            "shapes_position_accuracy": float(np.mean(shapes.position_of(samples) == position))}
 
 
 def test_bits_per_dim(config, mesh, method, params) -> dict:
@@ -166,9 +180,11 @@ def evaluate(config, workdir: str, mesh, method, state) -> int:
                     arrays["labels"] = labels
                 np.savez(os.path.join(directory, f"batch_{b:05d}.npz"), **arrays)
 
+        from diffusion_jax.launcher import caption_conditions
+
         sampling.generate(method, params, jax.random.PRNGKey(s.seed + 1000), e.num_samples,
                           batch, mesh, sampling.sampler_options(method, s), start_batch=done,
-                          on_batch=save)
+                          on_batch=save, conditions=caption_conditions(config, e.num_samples))
     samples, sampler_stats = _load_batches(directory, num_batches)
     samples = samples[:e.num_samples]
     metrics = dataset_metrics(config, samples, directory, mesh)
