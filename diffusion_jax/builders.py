@@ -5,6 +5,7 @@ Configs are read here and in the launcher only; the modules below take plain arg
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax.numpy as jnp
 
@@ -14,6 +15,7 @@ from diffusion_jax.methods import ddpm, score_sde
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
 from diffusion_jax.methods.autoencoder import Autoencoder
+from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.dit import DiT
 from diffusion_jax.models.ncsnpp import NCSNpp
@@ -111,7 +113,7 @@ def build_model(config):
                            caption_length=length)
 
 
-def build_ddpm(config, model):
+def build_ddpm(config, model, image_shape):
     d = config.diffusion
     choose("beta schedule (diffusion.schedule)", d.schedule, schedules.BETA_SCHEDULES)
     choose("prediction target (diffusion.prediction)", d.prediction,
@@ -119,12 +121,12 @@ def build_ddpm(config, model):
     kwargs = ({"beta_start": d.beta_start, "beta_end": d.beta_end} if d.schedule == "linear"
               else {})
     return DDPM(model=model, schedule=schedules.make_schedule(d.schedule, d.num_timesteps, **kwargs),
-                image_shape=dataset_spec(config).image_shape, prediction=d.prediction,
+                image_shape=image_shape, prediction=d.prediction,
                 num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0),
                 caption_length=caption_length(config))
 
 
-def build_edm(config, model):
+def build_edm(config, model, image_shape):
     """EDM (Karras et al. 2022) around `model`, which gets c_noise of `edm.precond` as noise input."""
     e = config.edm
     choose("preconditioning (edm.precond)", e.precond, PRECONDITIONINGS)
@@ -134,7 +136,7 @@ def build_edm(config, model):
                           "a text encoder (text.encoder)")
     if config.sampling.get("negative_prompt", "") and not caption_length(config):
         raise ConfigError("sampling.negative_prompt needs a text-conditional model (text.encoder)")
-    return EDM(model=model, image_shape=dataset_spec(config).image_shape,
+    return EDM(model=model, image_shape=image_shape,
                num_classes=num_classes(config), label_dropout=e.label_dropout,
                sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond,
                caption_length=caption_length(config))
@@ -149,7 +151,7 @@ def build_sde(config) -> sdes.SDE:
     return sdes.SDES[s.name](beta_min=s.beta_min, beta_max=s.beta_max, N=s.N)
 
 
-def build_score_sde(config, model):
+def build_score_sde(config, model, image_shape):
     """Score SDE (Song et al. 2021): `model` is the score network on `build_sde(config)`."""
     s = config.sde
     choose("loss reduction (sde.reduce)", s.reduce, ("mean", "sum"))
@@ -163,7 +165,7 @@ def build_score_sde(config, model):
            {**ode.ADAPTIVE, **ode.FIXED_STAGES})
     spec = dataset_spec(config)
     return score_sde.ScoreSDE(
-        model=model, sde=build_sde(config), image_shape=spec.image_shape,
+        model=model, sde=build_sde(config), image_shape=image_shape,
         num_classes=num_classes(config), label_dropout=s.label_dropout,
         num_levels=spec.num_levels, train_eps=s.train_eps,
         likelihood_weighting=s.likelihood_weighting,
@@ -171,11 +173,14 @@ def build_score_sde(config, model):
         caption_length=caption_length(config))
 
 
-def build_autoencoder(config, model):
+def build_autoencoder(config, model, image_shape=None):
     """The KL autoencoder of latent diffusion (`methods.autoencoder`), decoding to the data's
     channels."""
     a = config.autoencoder
     shape = dataset_spec(config).image_shape
+    if config.get("latent") is not None and config.latent.autoencoder_workdir:
+        raise ConfigError("method 'autoencoder' does not run in latent space; "
+                          "latent.autoencoder_workdir must be empty")
     return Autoencoder(model=model.clone(out_channels=shape[-1]), image_shape=shape,
                        kl_weight=a.kl_weight, perceptual_weight=a.perceptual_weight,
                        reconstruction=a.reconstruction)
@@ -188,13 +193,49 @@ SAMPLERS = {"ddpm": ddpm.SAMPLERS, "edm": FAST_SAMPLERS, "score_sde": score_sde.
 
 
 def build_method(config):
-    """The method (loss + samplers) named by `config.method` around the configured network."""
+    """The method (loss + samplers) named by `config.method` around the configured network;
+    with `latent.autoencoder_workdir`, that method on the autoencoder's latents
+    (`methods.latent.LatentDiffusion`)."""
     choose("method", config.method, METHODS)
-    dataset_spec(config)
-    method = METHODS[config.method](config, build_model(config))
+    spec = dataset_spec(config)
+    latent = config.get("latent")
+    if latent is None or not latent.autoencoder_workdir or config.method == "autoencoder":
+        method = METHODS[config.method](config, build_model(config), spec.image_shape)
+    else:
+        method = build_latent(config, latent)
     choose(f"sampler (sampling.method) for method {config.method!r}", config.sampling.method,
            SAMPLERS[config.method])
     return method
+
+
+def build_latent(config, latent) -> LatentDiffusion:
+    """`config.method` on the latents of the autoencoder trained in `latent.autoencoder_workdir`
+    (its network and data set are read from the config.json there)."""
+    import json
+
+    from ml_collections import ConfigDict
+
+    path = os.path.join(latent.autoencoder_workdir, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"latent.autoencoder_workdir {latent.autoencoder_workdir!r} has no "
+                          f"config.json: train an autoencoder there (configs/autoencoder/)")
+    with open(path) as f:
+        ae_config = ConfigDict(json.load(f))
+    if ae_config.get("method") != "autoencoder":
+        raise ConfigError(f"latent.autoencoder_workdir {latent.autoencoder_workdir!r} holds a "
+                          f"{ae_config.get('method')!r} run, not an autoencoder")
+    if ae_config.data.dataset != config.data.dataset:
+        raise ConfigError(f"the autoencoder was trained on {ae_config.data.dataset!r}, this "
+                          f"config uses {config.data.dataset!r}")
+    if latent.cache_dir and config.data.random_flip:
+        raise ConfigError("latent.cache_dir stores unflipped latents; set data.random_flip=False")
+    autoencoder = build_autoencoder(ae_config, build_model(ae_config))
+    inner = METHODS[config.method](config, build_model(config), autoencoder.latent_shape)
+    return LatentDiffusion(inner=inner, autoencoder=autoencoder,
+                           autoencoder_workdir=latent.autoencoder_workdir,
+                           autoencoder_config=ae_config, dataset=config.data.dataset,
+                           data_dir=config.data.data_dir, scale_examples=latent.scale_examples,
+                           cache_dir=latent.cache_dir)
 
 
 def sampler_kwargs(config) -> dict:

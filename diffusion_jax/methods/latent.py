@@ -1,0 +1,205 @@
+"""Latent diffusion (Rombach et al. 2022): any diffusion method trained and sampled in the
+latent space of a frozen KL autoencoder (`methods.autoencoder`).
+
+The method's aux state (`init_aux` / `load_aux`, kept in the train state and its checkpoints)
+holds the autoencoder's EMA parameters, restored from the newest checkpoint of the
+autoencoder's own run, and the latent scale factor s = 1 / std of encoder latents over
+`scale_examples` training images (LDM Sec. 4.3.2 and App. G: unit-variance latents, so the
+inner method's sigma_data and noise levels fit), plus the inner method's aux if it has one.
+Training encodes each batch, z = s (mean + std n) of q(z | x) under stop-gradient, and calls
+the inner loss on z; with a latent cache the posterior moments of the whole training set are
+encoded once to an .npy file and batches are drawn from it. Sampling runs the inner sampler on
+latent-shaped noise (`latent_shape`) and decodes D(z / s).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.models.autoencoder import DiagonalGaussian
+
+
+def _has_aux(method) -> bool:
+    return hasattr(method, "init_aux")
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentDiffusion:
+    inner: Any  # a method built for latent_shape
+    autoencoder: Any  # methods.autoencoder.Autoencoder (its module and shapes)
+    autoencoder_workdir: str
+    autoencoder_config: Any  # the autoencoder run's config (its optimiser gives the state shape)
+    dataset: str = "digits"
+    data_dir: str = ""
+    scale_examples: int = 512
+    cache_dir: str = ""
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.autoencoder.image_shape)
+
+    @property
+    def latent_shape(self) -> tuple:
+        return tuple(self.inner.image_shape)
+
+    @property
+    def num_classes(self) -> int:
+        return self.inner.num_classes
+
+    @property
+    def caption_length(self) -> int:
+        return getattr(self.inner, "caption_length", 0)
+
+    def init_params(self, rng):
+        return self.inner.init_params(rng)
+
+    def apply(self, params, x, t, cond=None, *, train: bool = False, rng=None):
+        """The inner network on latents x."""
+        return self.inner.apply(params, x, t, cond, train=train, rng=rng)
+
+    # -- aux state: the frozen autoencoder and the latent scale --------------------------------
+    def init_aux(self, params, rng):
+        ae_rng, inner_rng = jax.random.split(rng)
+        aux = {"autoencoder": self.autoencoder.init_params(ae_rng),
+               "scale": jnp.ones((), jnp.float32)}
+        if _has_aux(self.inner):
+            aux["inner"] = self.inner.init_aux(params, inner_rng)
+        return aux
+
+    def load_aux(self, aux):
+        """The autoencoder's EMA weights from `autoencoder_workdir` and the latent scale."""
+        ae_params = restore_autoencoder(self.autoencoder, self.autoencoder_config,
+                                        self.autoencoder_workdir)
+        aux = dict(aux, autoencoder=ae_params)
+        aux["scale"] = jnp.asarray(self.latent_scale(ae_params), jnp.float32)
+        if _has_aux(self.inner) and hasattr(self.inner, "load_aux"):
+            aux["inner"] = self.inner.load_aux(aux["inner"])
+        return aux
+
+    def update_aux(self, aux, params, step):
+        if _has_aux(self.inner) and hasattr(self.inner, "update_aux"):
+            return dict(aux, inner=self.inner.update_aux(aux["inner"], params, step))
+        return aux
+
+    def latent_scale(self, ae_params) -> float:
+        """1 / std of posterior samples of the first `scale_examples` training images."""
+        images = _training_images(self.dataset, self.data_dir, self.scale_examples)
+        encode = jax.jit(lambda p, x, rng: self.autoencoder.encode(p, x).sample(rng))
+        z = np.concatenate([np.asarray(encode(ae_params, images[i:i + 256],
+                                              jax.random.fold_in(jax.random.key(0), i)))
+                            for i in range(0, len(images), 256)])
+        return float(1.0 / z.std())
+
+    # -- data ---------------------------------------------------------------------------------
+    def encode(self, aux, x, rng):
+        """s z, z ~ q(z | x), under stop-gradient."""
+        z = self.autoencoder.encode(aux["autoencoder"], x).sample(rng)
+        return jax.lax.stop_gradient(aux["scale"] * z)
+
+    def decode(self, aux, z):
+        return self.autoencoder.decode(aux["autoencoder"], z / aux["scale"])
+
+    def cached_training_data(self, aux, source, decode):
+        """(source, decode) over `cache_dir`'s posterior moments of the training set, encoded
+        once (and reused while the file exists); `loss` then draws z from them."""
+        path = os.path.join(self.cache_dir, f"{self.dataset}_train_latent_moments.npy")
+        if not os.path.exists(path):
+            images = np.stack([decode(source[i])[0] for i in range(len(source))])
+            moments = jax.jit(lambda p, x: jnp.concatenate(
+                [(q := self.autoencoder.encode(p, x)).mean, q.logvar], axis=-1))
+            out = np.concatenate([np.asarray(moments(aux["autoencoder"], images[i:i + 256]))
+                                  for i in range(0, len(images), 256)])
+            os.makedirs(self.cache_dir, exist_ok=True)
+            np.save(path + ".tmp.npy", out)
+            os.replace(path + ".tmp.npy", path)
+        cached = np.load(path, mmap_mode="r")
+        if len(cached) != len(source):
+            raise ConfigError(f"latent cache {path} has {len(cached)} examples, the data set "
+                              f"{len(source)}: delete it to re-encode")
+        labels = [decode(source[i])[1] for i in range(len(source))]
+        return CachedLatents(cached, labels), lambda ex: (np.asarray(ex["image"]), ex["label"])
+
+    # -- protocol -----------------------------------------------------------------------------
+    def _latent_batch(self, batch, rng, aux):
+        x = batch["image"]
+        if self.cache_dir:  # posterior moments from the cache
+            q = DiagonalGaussian.from_moments(x)
+            z = jax.lax.stop_gradient(aux["scale"] * q.sample(rng))
+        else:
+            z = self.encode(aux, x, rng)
+        return dict(batch, image=z)
+
+    def loss(self, params, batch, rng, *, aux, step=0):
+        encode_rng, inner_rng = jax.random.split(rng)
+        latents = self._latent_batch(batch, encode_rng, aux)
+        if _has_aux(self.inner):
+            return self.inner.loss(params, latents, inner_rng, aux=aux["inner"], step=step)
+        return self.inner.loss(params, latents, inner_rng)
+
+    @functools.cached_property
+    def sample(self):
+        """sample(params, rng, x_init, cond=None, *, aux, **inner options): the inner sampler
+        from latent noise x_init (B, *latent_shape), decoded to images (with the inner method's
+        statistics when it returns them). Its keyword options are the inner method's."""
+        def sample(params, rng, x_init, cond=None, *, aux, **options):
+            if _has_aux(self.inner):
+                options = dict(options, aux=aux["inner"])
+            out = self.inner.sample(params, rng, x_init, cond, **options)
+            z, stats = out if isinstance(out, tuple) else (out, None)
+            images = self.decode(aux, z)
+            return images if stats is None else (images, stats)
+
+        inner = inspect.signature(self.inner.sample)
+        keep = [p for n, p in inner.parameters.items()
+                if n != "aux" and p.kind != inspect.Parameter.VAR_KEYWORD]
+        aux = inspect.Parameter("aux", inspect.Parameter.KEYWORD_ONLY)
+        sample.__signature__ = inner.replace(parameters=keep + [aux])
+        return sample
+
+
+class CachedLatents:
+    """A random-access source of cached posterior moments with the data set's labels."""
+
+    def __init__(self, moments: np.ndarray, labels):
+        self.moments, self.labels = moments, labels
+
+    def __len__(self) -> int:
+        return len(self.moments)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.moments[index], "label": self.labels[index]}
+
+
+def _training_images(dataset: str, data_dir: str, n: int) -> np.ndarray:
+    from diffusion_jax.data.datasets import open_dataset
+
+    _, source, decode = open_dataset(dataset, "train", data_dir=data_dir or None)
+    return np.stack([decode(source[i])[0] for i in range(min(n, len(source)))])
+
+
+def restore_autoencoder(autoencoder, config, workdir: str):
+    """The EMA parameters of the newest checkpoint of the autoencoder run in `workdir`."""
+    from diffusion_jax import parallel
+    from diffusion_jax.errors import CheckpointError
+    from diffusion_jax.training.checkpoint import Checkpointer
+    from diffusion_jax.training.loop import abstract_state
+    from diffusion_jax.training.optim import make_optimizer
+
+    checkpointer = Checkpointer(workdir, read_only=True)
+    if checkpointer.latest_step() is None:
+        raise ConfigError(f"latent.autoencoder_workdir {workdir!r} has no checkpoint: train the "
+                          f"autoencoder first (configs/autoencoder/)")
+    try:
+        state, _ = checkpointer.restore(abstract_state(autoencoder, make_optimizer(config.optim),
+                                                       parallel.make_mesh()))
+    except CheckpointError as e:
+        raise ConfigError(f"latent.autoencoder_workdir: {e}") from None
+    return state.ema_params
