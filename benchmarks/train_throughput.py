@@ -53,7 +53,7 @@ def time_ours(dtype: str, batch: int, steps: int, image_size: int):
     optimizer = make_optimizer(config.optim)
     mesh = parallel.make_mesh()
     state = initial_state(method, optimizer, 0, mesh)
-    step = jit_train_step(method.loss, optimizer, 0.9999, mesh)
+    step = jit_train_step(method, optimizer, 0.9999, mesh)
     data = jax.random.normal(jax.random.PRNGKey(0), (batch, image_size, image_size, 3))
     batch_arrays = jax.device_put({"image": data, "label": jnp.zeros((batch,), jnp.int32)},
                                   parallel.batch_sharded(mesh))

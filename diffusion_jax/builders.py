@@ -5,7 +5,6 @@ Configs are read here and in the launcher only; the modules below take plain arg
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax.numpy as jnp
 
@@ -211,16 +210,14 @@ def build_method(config):
 def build_latent(config, latent) -> LatentDiffusion:
     """`config.method` on the latents of the autoencoder trained in `latent.autoencoder_workdir`
     (its network and data set are read from the config.json there)."""
-    import json
+    from diffusion_jax import workdir as workdir_io
 
-    from ml_collections import ConfigDict
-
-    path = os.path.join(latent.autoencoder_workdir, "config.json")
-    if not os.path.exists(path):
+    try:
+        ae_config = workdir_io.read_config(latent.autoencoder_workdir)
+    except ConfigError:
         raise ConfigError(f"latent.autoencoder_workdir {latent.autoencoder_workdir!r} has no "
-                          f"config.json: train an autoencoder there (configs/autoencoder/)")
-    with open(path) as f:
-        ae_config = ConfigDict(json.load(f))
+                          f"config.json: train an autoencoder there (configs/autoencoder/)"
+                          ) from None
     if ae_config.get("method") != "autoencoder":
         raise ConfigError(f"latent.autoencoder_workdir {latent.autoencoder_workdir!r} holds a "
                           f"{ae_config.get('method')!r} run, not an autoencoder")
@@ -233,7 +230,7 @@ def build_latent(config, latent) -> LatentDiffusion:
     inner = METHODS[config.method](config, build_model(config), autoencoder.latent_shape)
     return LatentDiffusion(inner=inner, autoencoder=autoencoder,
                            autoencoder_workdir=latent.autoencoder_workdir,
-                           autoencoder_config=ae_config, dataset=config.data.dataset,
+                           dataset=config.data.dataset,
                            data_dir=config.data.data_dir, scale_examples=latent.scale_examples,
                            cache_dir=latent.cache_dir)
 

@@ -77,7 +77,7 @@ def _sample(config, workdir, mesh, method, state, prompt: str = "",
     batch = _fit_batch(s.batch_size, mesh)
     conditions = caption_conditions(config, s.num_samples, prompt)
     images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples, batch,
-                               mesh, options, conditions=conditions)
+                               mesh, options, aux=state.aux, conditions=conditions)
     if jax.process_index() == 0:
         labels = (sampling.class_labels(len(images), method.num_classes) if conditions is None
                   else conditions)
@@ -116,7 +116,7 @@ def _edit(config, workdir, mesh, method, state) -> int:
     results = sampling.edit(method, state.ema_params if s.use_ema else state.params,
                             jax.random.PRNGKey(s.seed), x, masks, _fit_batch(s.batch_size, mesh),
                             mesh, sampling.sampler_options(method, s), task=e.task,
-                            strength=e.strength)
+                            strength=e.strength, aux=state.aux)
     if jax.process_index() == 0:
         png = edit_inputs.save_edits(os.path.join(workdir, "samples"),
                                      f"edit_{e.task}_step_{int(state.step)}", x, results,
@@ -143,7 +143,8 @@ def info(config) -> int:
 def forward_flops(method, params) -> int:
     """FLOPs of one network evaluation on one example (matrix products and convolutions,
     multiply-add = 2; diffusion_jax.flops)."""
-    x = jax.ShapeDtypeStruct((1,) + tuple(method.image_shape), jnp.float32)
+    shape = getattr(method, "network_shape", method.image_shape)  # latent diffusion: latents
+    x = jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
     cond = jax.ShapeDtypeStruct((1,), jnp.int32) if method.num_classes else None
     if getattr(method, "caption_length", 0):

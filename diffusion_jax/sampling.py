@@ -11,6 +11,7 @@ import numpy as np
 from diffusion_jax import images as image_io
 from diffusion_jax import parallel
 from diffusion_jax.errors import ConfigError
+from diffusion_jax.training.step import aux_kwargs
 
 GENERIC_SAMPLING_KEYS = ("num_samples", "batch_size", "use_ema", "seed")
 
@@ -18,7 +19,7 @@ GENERIC_SAMPLING_KEYS = ("num_samples", "batch_size", "use_ema", "seed")
 def sampler_options(method, sampling_config) -> dict:
     """`config.sampling` minus the generic keys, checked against the method's `sample`."""
     params = inspect.signature(method.sample).parameters
-    valid = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY]
+    valid = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n != "aux"]
     options = {}
     for key, value in sampling_config.items():
         if key in GENERIC_SAMPLING_KEYS:
@@ -38,20 +39,21 @@ def noise_shape(method) -> tuple:
 
 
 def make_sample_fn(method, mesh, options: dict, batch_size: int):
-    """jit(params, rng, label_offset, conditions=None) -> (a batch of images split over the
-    mesh's data axis, {statistic: scalar}).
+    """jit(params, aux, rng, label_offset, conditions=None) -> (a batch of images split over
+    the mesh's data axis, {statistic: scalar}).
 
     A method's `sample` returns images, or (images, statistics) such as {"nfe": network
     evaluations} when it counts them (an adaptive ODE solver's count depends on the batch).
     The initial noise (of `noise_shape(method)`) and the class labels ((offset + i) mod
     num_classes) are made inside the program, laid out over the devices, so no host array is
     fed to it (multi-host safe). `conditions`, when given, is the batch's condition (e.g.
-    caption tokens (B, L)), the same host array on every process.
+    caption tokens (B, L)), the same host array on every process. `aux` is the train state's
+    aux, passed on to a method that keeps aux state.
     """
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     shape = (batch_size,) + noise_shape(method)
 
-    def sample(params, rng, label_offset, conditions=None):
+    def sample(params, aux, rng, label_offset, conditions=None):
         noise_rng, sample_rng = jax.random.split(rng)
         x_init = jax.lax.with_sharding_constraint(jax.random.normal(noise_rng, shape), shard)
         cond = None
@@ -60,11 +62,11 @@ def make_sample_fn(method, mesh, options: dict, batch_size: int):
         elif method.num_classes:
             cond = (jnp.arange(batch_size) + label_offset) % method.num_classes
             cond = jax.lax.with_sharding_constraint(cond.astype(jnp.int32), shard)
-        out = method.sample(params, sample_rng, x_init, cond, **options)
+        out = method.sample(params, sample_rng, x_init, cond, **aux_kwargs(method, aux), **options)
         return out if isinstance(out, tuple) else (out, {})
 
     # params keep their layout (replicated, or FSDP-sharded: XLA gathers them where used)
-    return jax.jit(sample, in_shardings=(None, rep, rep, rep), out_shardings=(shard, rep))
+    return jax.jit(sample, in_shardings=(None, None, rep, rep, rep), out_shardings=(shard, rep))
 
 
 def class_labels(num: int, num_classes: int, offset: int = 0):
@@ -75,14 +77,14 @@ def class_labels(num: int, num_classes: int, offset: int = 0):
 
 
 def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict,
-             start_batch: int = 0, on_batch=None, conditions=None) -> np.ndarray:
+             start_batch: int = 0, on_batch=None, aux=None, conditions=None) -> np.ndarray:
     """`num` images in batches of `batch_size` (a multiple of the device count).
 
     Batch b uses fold_in(rng, b) and class labels continuing from b * batch_size, or rows
     b * batch_size, ... of `conditions` (a host array (num, ...), e.g. caption tokens), so a
     resumed generation (`start_batch`) draws the same images. `on_batch(b, images, labels,
     statistics)` is called after each batch (to save it); the concatenated images of the
-    batches run are returned.
+    batches run are returned. `aux`: the train state's aux, for a method that keeps aux state.
     """
     ndev = mesh.devices.size
     if batch_size % ndev:
@@ -95,7 +97,8 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict
         if conditions is not None:
             rows = np.minimum(np.arange(b * batch_size, (b + 1) * batch_size), num - 1)
             batch_conditions = np.asarray(conditions)[rows]  # the last batch padded
-        imgs, stats = fn(params, jax.random.fold_in(rng, b), b * batch_size, batch_conditions)
+        imgs, stats = fn(params, {} if aux is None else aux, jax.random.fold_in(rng, b),
+                         b * batch_size, batch_conditions)
         imgs = parallel.to_host(imgs)[:min(batch_size, num - b * batch_size)]
         if on_batch is not None:
             labels = (class_labels(batch_size, method.num_classes, b * batch_size)
@@ -124,7 +127,7 @@ def save_samples(directory: str, name: str, images: np.ndarray, labels=None,
 
 
 def edit(method, params, rng, x: np.ndarray, mask: np.ndarray, batch_size: int, mesh,
-         options: dict, *, task: str, strength: float) -> np.ndarray:
+         options: dict, *, task: str, strength: float, aux=None) -> np.ndarray:
     """`method.edit` of host images `x` with `mask` (True = known) in batches of `batch_size`
     (a multiple of the device count; the last batch padded by repeating its last image).
 
@@ -133,17 +136,19 @@ def edit(method, params, rng, x: np.ndarray, mask: np.ndarray, batch_size: int, 
     """
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
-    def run(params, rng, x, mask):
+    def run(params, aux, rng, x, mask):
         x, mask = (jax.lax.with_sharding_constraint(a, shard) for a in (x, mask))
         cond = (jnp.full((x.shape[0],), method.num_classes, jnp.int32) if method.num_classes
                 else None)
-        return method.edit(params, rng, x, mask, cond, task=task, strength=strength, **options)
+        return method.edit(params, rng, x, mask, cond, task=task, strength=strength,
+                           **aux_kwargs(method, aux), **options)
 
-    fn = jax.jit(run, in_shardings=(None, rep, rep, rep), out_shardings=shard)
+    fn = jax.jit(run, in_shardings=(None, None, rep, rep, rep), out_shardings=shard)
     out = []
     for b in range(-(-len(x) // batch_size)):
         xb, mb = x[b * batch_size:(b + 1) * batch_size], mask[b * batch_size:(b + 1) * batch_size]
         pad = batch_size - len(xb)
         xb, mb = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (xb, mb))
-        out.append(parallel.to_host(fn(params, jax.random.fold_in(rng, b), xb, mb))[:len(xb) - pad])
+        out.append(parallel.to_host(fn(params, {} if aux is None else aux,
+                                       jax.random.fold_in(rng, b), xb, mb))[:len(xb) - pad])
     return np.concatenate(out)

@@ -15,6 +15,20 @@ def write_config(workdir: str, config) -> None:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
+def read_config(workdir: str):
+    """The resolved config a run wrote (`write_config`), as a ConfigDict (JSON lists stand for
+    the tuples they were); ConfigError when `workdir` has none."""
+    import ml_collections
+
+    from diffusion_jax.errors import ConfigError
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{workdir!r} is not a training run's work directory (no config.json)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per log step with a `step` field.
 

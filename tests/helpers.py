@@ -24,3 +24,13 @@ def tiny_ddpm_config(**training):
     config.optim.update(warmup_steps=0, lr=2e-3)
     config.sampling.update(num_samples=8, batch_size=8, num_steps=100)
     return config
+
+
+def launch_one_device(*args, timeout=600):
+    """launch.py in a subprocess on one CPU device: tiny models train faster unsplit than over
+    the suite's eight fake devices."""
+    import subprocess
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)

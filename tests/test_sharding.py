@@ -39,7 +39,7 @@ def _one_step(config, mesh):
     optimizer = make_optimizer(config.optim)
     state = initial_state(method, optimizer, 0, mesh)
     shardings = jax.tree.map(lambda s: s.sharding, abstract_state(method, optimizer, mesh))
-    step = jit_train_step(method.loss, optimizer, 0.9, mesh, shardings)
+    step = jit_train_step(method, optimizer, 0.9, mesh, shardings)
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
              "label": rng.integers(0, 10, 16).astype(np.int32)}
@@ -78,7 +78,7 @@ def test_fsdp_and_data_parallel_steps_equal_one_device():
 def test_gradient_accumulation_equals_one_big_batch():
     """A loss that is a mean over examples and ignores the step's randomness: k micro-batches
     must give the very update of the whole batch."""
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, batch, rng, aux, step):
         pred = batch["x"] @ params["w"] + params["b"]
         return jnp.mean((pred - batch["y"]) ** 2), {"pred_mean": jnp.mean(pred)}
 

@@ -1,15 +1,11 @@
 """Text conditioning: byte tokens, the captioned shapes data set, cross-attention blocks, text
 encoders, the U-Net and DiT backbones, guidance by caption, and `--prompt` in sample mode."""
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import ROOT
+from helpers import launch_one_device
 
 from configs.text import shapes_dit, shapes_edm
 from diffusion_jax import builders, guidance, launcher, text
@@ -172,13 +168,9 @@ TRAINED = {"model.patch_size": 4, "model.hidden_size": 64, "model.depth": 2,
 
 
 def _launch_one_device(workdir, *args):
-    """launch.py with the TRAINED overrides on one CPU device (a tiny model trains faster
-    unsplit than over the suite's eight fake devices)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     flags = [f"--config.{k}={v}" for k, v in TRAINED.items()]
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"),
-                           "--config=configs/text/shapes_dit.py", f"--workdir={workdir}", *flags,
-                           *args], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    return launch_one_device("--config=configs/text/shapes_dit.py", f"--workdir={workdir}",
+                             *flags, *args)
 
 
 @pytest.fixture(scope="module")

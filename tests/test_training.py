@@ -63,7 +63,7 @@ def test_eight_devices_equal_one_device():
         mesh = parallel.make_mesh(devices)
         state = initial_state(method, optimizer, 0, mesh)
         batch = parallel.global_batch({"image": images[:32], "label": labels[:32]}, mesh)
-        results.append(jit_train_step(method.loss, optimizer, 0.99, mesh)(state, batch))
+        results.append(jit_train_step(method, optimizer, 0.99, mesh)(state, batch))
     (one, m_one), (eight, m_eight) = results
     assert len(eight.params["conv_in"]["kernel"].sharding.device_set) == 8
     np.testing.assert_allclose(m_one["loss"], m_eight["loss"], rtol=1e-5)

@@ -184,7 +184,8 @@ def evaluate(config, workdir: str, mesh, method, state) -> int:
 
         sampling.generate(method, params, jax.random.PRNGKey(s.seed + 1000), e.num_samples,
                           batch, mesh, sampling.sampler_options(method, s), start_batch=done,
-                          on_batch=save, conditions=caption_conditions(config, e.num_samples))
+                          on_batch=save, aux=state.aux,
+                          conditions=caption_conditions(config, e.num_samples))
     samples, sampler_stats = _load_batches(directory, num_batches)
     samples = samples[:e.num_samples]
     metrics = dataset_metrics(config, samples, directory, mesh)

@@ -36,7 +36,6 @@ class LatentDiffusion:
     inner: Any  # a method built for latent_shape
     autoencoder: Any  # methods.autoencoder.Autoencoder (its module and shapes)
     autoencoder_workdir: str
-    autoencoder_config: Any  # the autoencoder run's config (its optimiser gives the state shape)
     dataset: str = "digits"
     data_dir: str = ""
     scale_examples: int = 512
@@ -49,6 +48,11 @@ class LatentDiffusion:
     @property
     def latent_shape(self) -> tuple:
         return tuple(self.inner.image_shape)
+
+    @property
+    def network_shape(self) -> tuple:
+        """The input shape of `apply`: the inner network runs on latents."""
+        return self.latent_shape
 
     @property
     def num_classes(self) -> int:
@@ -76,10 +80,14 @@ class LatentDiffusion:
 
     def load_aux(self, aux):
         """The autoencoder's EMA weights from `autoencoder_workdir` and the latent scale."""
-        ae_params = restore_autoencoder(self.autoencoder, self.autoencoder_config,
-                                        self.autoencoder_workdir)
-        aux = dict(aux, autoencoder=ae_params)
-        aux["scale"] = jnp.asarray(self.latent_scale(ae_params), jnp.float32)
+        from diffusion_jax.training.loop import restore_run
+
+        _, autoencoder, state = restore_run(self.autoencoder_workdir)
+        if jax.tree.structure(state.ema_params) != jax.tree.structure(aux["autoencoder"]):
+            raise ConfigError(f"the autoencoder in {self.autoencoder_workdir!r} does not match "
+                              f"its config.json")
+        aux = dict(aux, autoencoder=state.ema_params)
+        aux["scale"] = jnp.asarray(self.latent_scale(state.ema_params), jnp.float32)
         if _has_aux(self.inner) and hasattr(self.inner, "load_aux"):
             aux["inner"] = self.inner.load_aux(aux["inner"])
         return aux
@@ -107,25 +115,39 @@ class LatentDiffusion:
     def decode(self, aux, z):
         return self.autoencoder.decode(aux["autoencoder"], z / aux["scale"])
 
-    def cached_training_data(self, aux, source, decode):
-        """(source, decode) over `cache_dir`'s posterior moments of the training set, encoded
-        once (and reused while the file exists); `loss` then draws z from them."""
+    def training_data(self, aux, source, decode):
+        """The training (source, decode) the loop reads: unchanged, or with `cache_dir` the
+        posterior moments (mean, log variance) of every training image, encoded once to
+        `cache_dir/<dataset>_train_latent_moments.npy` (reused while it exists; every process
+        writes the same file atomically), from which `loss` draws z."""
+        if not self.cache_dir:
+            return source, decode
         path = os.path.join(self.cache_dir, f"{self.dataset}_train_latent_moments.npy")
         if not os.path.exists(path):
             images = np.stack([decode(source[i])[0] for i in range(len(source))])
-            moments = jax.jit(lambda p, x: jnp.concatenate(
-                [(q := self.autoencoder.encode(p, x)).mean, q.logvar], axis=-1))
-            out = np.concatenate([np.asarray(moments(aux["autoencoder"], images[i:i + 256]))
+            moments = jax.jit(self.posterior_moments)
+            out = np.concatenate([np.asarray(moments(aux, images[i:i + 256]))
                                   for i in range(0, len(images), 256)])
             os.makedirs(self.cache_dir, exist_ok=True)
-            np.save(path + ".tmp.npy", out)
-            os.replace(path + ".tmp.npy", path)
+            tmp = f"{path}.{os.getpid()}.tmp.npy"
+            np.save(tmp, out)
+            os.replace(tmp, path)
         cached = np.load(path, mmap_mode="r")
-        if len(cached) != len(source):
-            raise ConfigError(f"latent cache {path} has {len(cached)} examples, the data set "
-                              f"{len(source)}: delete it to re-encode")
+        if cached.shape != (len(source),) + self.moments_shape:
+            raise ConfigError(f"latent cache {path} holds {cached.shape}, not the moments "
+                              f"{self.moments_shape} of {len(source)} examples: delete it")
         labels = [decode(source[i])[1] for i in range(len(source))]
         return CachedLatents(cached, labels), lambda ex: (np.asarray(ex["image"]), ex["label"])
+
+    @property
+    def moments_shape(self) -> tuple:
+        h, w, c = self.latent_shape
+        return (h, w, 2 * c)
+
+    def posterior_moments(self, aux, x):
+        """(B, h, w, 2 c): mean and log variance of q(z | x), unscaled."""
+        q = self.autoencoder.encode(aux["autoencoder"], x)
+        return jnp.concatenate([q.mean, q.logvar], axis=-1)
 
     # -- protocol -----------------------------------------------------------------------------
     def _latent_batch(self, batch, rng, aux):
@@ -183,23 +205,3 @@ def _training_images(dataset: str, data_dir: str, n: int) -> np.ndarray:
 
     _, source, decode = open_dataset(dataset, "train", data_dir=data_dir or None)
     return np.stack([decode(source[i])[0] for i in range(min(n, len(source)))])
-
-
-def restore_autoencoder(autoencoder, config, workdir: str):
-    """The EMA parameters of the newest checkpoint of the autoencoder run in `workdir`."""
-    from diffusion_jax import parallel
-    from diffusion_jax.errors import CheckpointError
-    from diffusion_jax.training.checkpoint import Checkpointer
-    from diffusion_jax.training.loop import abstract_state
-    from diffusion_jax.training.optim import make_optimizer
-
-    checkpointer = Checkpointer(workdir, read_only=True)
-    if checkpointer.latest_step() is None:
-        raise ConfigError(f"latent.autoencoder_workdir {workdir!r} has no checkpoint: train the "
-                          f"autoencoder first (configs/autoencoder/)")
-    try:
-        state, _ = checkpointer.restore(abstract_state(autoencoder, make_optimizer(config.optim),
-                                                       parallel.make_mesh()))
-    except CheckpointError as e:
-        raise ConfigError(f"latent.autoencoder_workdir: {e}") from None
-    return state.ema_params

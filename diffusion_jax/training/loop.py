@@ -1,6 +1,9 @@
 """The generic training loop: data -> jitted step -> logs and checkpoints, with resume.
 
-It knows nothing about the method: it calls `method.init_params` and `method.loss` only.
+It knows nothing about the method: it calls `method.init_params` and `method.loss`, and the
+optional aux-state hooks (`init_aux`, `load_aux`, `initial_params`, `update_aux`) and
+`training_data` (a replacement for the training source, e.g. cached latents) where a method
+has them.
 """
 from __future__ import annotations
 
@@ -11,17 +14,18 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import builders, parallel
+from diffusion_jax import workdir as workdir_io
 from diffusion_jax.data.datasets import open_dataset
 from diffusion_jax.data.loader import BatchLoader, LoaderState
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.training.checkpoint import Checkpointer
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.state import TrainState, create_train_state
-from diffusion_jax.training.step import jit_train_step
-from diffusion_jax.workdir import MetricsLog
+from diffusion_jax.training.step import has_aux, jit_train_step
 
 
 class Progress:
@@ -60,15 +64,28 @@ def stop_on_sigterm():
 
 
 def _create(method, optimizer, seed: int) -> TrainState:
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    return create_train_state(method.init_params(init_rng), optimizer, train_rng)
+    init_rng, train_rng, aux_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = method.init_params(init_rng)
+    aux = method.init_aux(params, aux_rng) if has_aux(method) else {}
+    return create_train_state(params, optimizer, train_rng, aux)
 
 
 def initial_state(method, optimizer, seed: int, mesh) -> TrainState:
-    """The state at step 0: parameters initialised from the seed, laid out over the mesh as
-    `parallel.state_shardings` says (replicated, or split over its `fsdp` axis)."""
+    """The state at step 0, laid out over the mesh as `parallel.state_shardings` says
+    (replicated, or split over its `fsdp` axis): parameters initialised from the seed, then,
+    for a method with aux state, `method.load_aux(aux)` (weights read from other work
+    directories, e.g. a teacher) and `method.initial_params(params, aux)` (e.g. a student that
+    starts from its teacher) when the method has them."""
     shardings = jax.tree.map(lambda s: s.sharding, abstract_state(method, optimizer, mesh))
-    return jax.jit(lambda: _create(method, optimizer, seed), out_shardings=shardings)()
+    state = jax.jit(lambda: _create(method, optimizer, seed), out_shardings=shardings)()
+    if not hasattr(method, "load_aux"):
+        return state
+    aux = method.load_aux(state.aux)
+    if hasattr(method, "initial_params"):
+        params = method.initial_params(state.params, aux)
+        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params),
+                              opt_state=optimizer.init(params))
+    return jax.jit(lambda s: s, out_shardings=shardings)(state.replace(aux=aux))
 
 
 def abstract_state(method, optimizer, mesh) -> TrainState:
@@ -90,6 +107,16 @@ def restore_state(config, workdir: str, mesh):
     return method, state
 
 
+def restore_run(workdir: str, mesh=None):
+    """(config, method, state) of another training run: its `config.json` and newest
+    checkpoint, restored onto `mesh` (default: every device, data parallel). How a method
+    loads a frozen teacher or autoencoder in `load_aux`; ConfigError when it is not there."""
+    config = workdir_io.read_config(workdir)
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    method, state = restore_state(config, workdir, mesh)
+    return config, method, state
+
+
 def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     """Train to `training.num_steps`, resuming from the newest checkpoint in `workdir`.
 
@@ -108,22 +135,25 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     _, source, decode = open_dataset(config.data.dataset, "train",
                                      data_dir=config.data.data_dir or None,
                                      download=config.data.download)
+    checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
+    abstract = abstract_state(method, optimizer, mesh)
+    loader_state = None
+    if checkpointer.latest_step() is not None:
+        state, loader_state = checkpointer.restore(abstract)
+    else:
+        state = initial_state(method, optimizer, t.seed, mesh)
+    if hasattr(method, "training_data"):  # e.g. latents encoded once to a cache (methods/latent.py)
+        source, decode = method.training_data(state.aux, source, decode)
     loader = BatchLoader(source, decode, global_batch=t.batch_size, seed=t.seed,
                          random_flip=config.data.random_flip,
                          process_index=jax.process_index(), process_count=jax.process_count())
-
-    checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
-    abstract = abstract_state(method, optimizer, mesh)
-    if checkpointer.latest_step() is not None:
-        state, loader_state = checkpointer.restore(abstract)
+    if loader_state is not None:
         loader.state = LoaderState.from_dict(loader_state)
-    else:
-        state = initial_state(method, optimizer, t.seed, mesh)
     step = int(state.step)
     is_main = jax.process_index() == 0
-    log = MetricsLog(workdir, resume_step=step, enabled=is_main)
+    log = workdir_io.MetricsLog(workdir, resume_step=step, enabled=is_main)
     progress = Progress(t.num_steps, is_main)
-    step_fn = jit_train_step(method.loss, optimizer, t.ema_decay, mesh,
+    step_fn = jit_train_step(method, optimizer, t.ema_decay, mesh,
                              jax.tree.map(lambda s: s.sharding, abstract), t.grad_accum_steps)
 
     interrupted = False

@@ -2,7 +2,7 @@
 replicated or FSDP-sharded (`parallel.state_shardings`), optional gradient accumulation."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,26 @@ import optax
 from diffusion_jax import parallel
 from diffusion_jax.training.state import TrainState
 
-LossFn = Callable  # (params, batch, rng) -> (scalar loss, dict of scalar metrics)
+LossFn = Callable  # (params, batch, rng, aux, step) -> (scalar loss, dict of scalar metrics)
+
+
+def has_aux(method) -> bool:
+    """Whether `method` keeps aux state (`init_aux`): then its loss, samplers and editing take
+    `aux=` (docs/ARCHITECTURE.md, the method protocol)."""
+    return hasattr(method, "init_aux")
+
+
+def aux_kwargs(method, aux) -> dict:
+    """`{"aux": aux}` for a method with aux state, else `{}`: the keywords its calls take."""
+    return {"aux": aux} if has_aux(method) else {}
+
+
+def method_loss(method) -> LossFn:
+    """`method.loss` as a LossFn: methods without aux state ignore `aux` and `step`."""
+    if has_aux(method):
+        return lambda params, batch, rng, aux, step: method.loss(params, batch, rng, aux=aux,
+                                                                 step=step)
+    return lambda params, batch, rng, aux, step: method.loss(params, batch, rng)
 
 
 def ema_update(ema, params, decay):
@@ -19,12 +38,13 @@ def ema_update(ema, params, decay):
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
-def accumulated_value_and_grad(loss_fn: LossFn, params, batch, rng, num_micro_batches: int):
-    """((loss, metrics), grads) of `loss_fn` averaged over `num_micro_batches` equal slices of
-    the batch, computed one after another (`lax.scan`), so activations of one slice only are
-    live. Micro-batch i holds examples i, i + k, i + 2k, ... (each device keeps its own rows)
-    and draws its randomness from fold_in(rng, i). For a loss that is a mean over examples the
-    result equals one step on the whole batch, up to the random draws."""
+def accumulated_value_and_grad(loss_fn: Callable, params, batch, rng, num_micro_batches: int):
+    """((loss, metrics), grads) of `loss_fn(params, batch, rng)` averaged over
+    `num_micro_batches` equal slices of the batch, computed one after another (`lax.scan`), so
+    activations of one slice only are live. Micro-batch i holds examples i, i + k, i + 2k, ...
+    (each device keeps its own rows) and draws its randomness from fold_in(rng, i). For a loss
+    that is a mean over examples the result equals one step on the whole batch, up to the
+    random draws."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if num_micro_batches == 1:
         return grad_fn(params, batch, rng)
@@ -44,27 +64,35 @@ def accumulated_value_and_grad(loss_fn: LossFn, params, batch, rng, num_micro_ba
 
 
 def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_decay: float,
-               grad_accum_steps: int = 1):
-    """One optimiser step on the global batch; the step's randomness is fold_in(rng, step)."""
+               grad_accum_steps: int = 1, update_aux: Optional[Callable] = None):
+    """One optimiser step on the global batch; the step's randomness is fold_in(rng, step).
+
+    `loss_fn` sees the state's aux and step; `update_aux(aux, new_params, step)` (a method's
+    target-network EMA, for example) runs after the update."""
     step_rng = jax.random.fold_in(state.rng, state.step)
-    (loss, metrics), grads = accumulated_value_and_grad(loss_fn, state.params, batch, step_rng,
+    loss = lambda params, batch, rng: loss_fn(params, batch, rng, state.aux, state.step)
+    (loss, metrics), grads = accumulated_value_and_grad(loss, state.params, batch, step_rng,
                                                         grad_accum_steps)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    aux = state.aux if update_aux is None else update_aux(state.aux, params, state.step)
     new_state = state.replace(step=state.step + 1, params=params,
                               ema_params=ema_update(state.ema_params, params, ema_decay),
-                              opt_state=opt_state)
+                              opt_state=opt_state, aux=aux)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
-def jit_train_step(loss_fn: LossFn, optimizer, ema_decay: float, mesh, state_sharding=None,
+def jit_train_step(method, optimizer, ema_decay: float, mesh, state_sharding=None,
                    grad_accum_steps: int = 1):
-    """jax.jit of `train_step` with the state in `state_sharding` (default replicated), the
-    batch split over every device, and the old state's buffers donated."""
+    """jax.jit of `train_step` for `method` (its loss and `update_aux`) with the state in
+    `state_sharding` (default replicated), the batch split over every device, and the old
+    state's buffers donated."""
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     state_sharding = rep if state_sharding is None else state_sharding
-    fn = lambda state, batch: train_step(state, batch, loss_fn=loss_fn, optimizer=optimizer,
-                                         ema_decay=ema_decay, grad_accum_steps=grad_accum_steps)
+    fn = lambda state, batch: train_step(state, batch, loss_fn=method_loss(method),
+                                         optimizer=optimizer, ema_decay=ema_decay,
+                                         grad_accum_steps=grad_accum_steps,
+                                         update_aux=getattr(method, "update_aux", None))
     return jax.jit(fn, in_shardings=(state_sharding, shard), out_shardings=(state_sharding, rep),
                    donate_argnums=0)
