@@ -52,6 +52,9 @@ def caption_length(config) -> int:
                           f"{config.data.dataset!r} has no captions")
     if config.model.get("class_conditional", False):
         raise ConfigError("model.class_conditional and text.encoder exclude each other")
+    if config.data.random_flip:
+        raise ConfigError("data.random_flip would swap left and right against the captions; "
+                          "set it to False")
     return length
 
 

@@ -27,7 +27,7 @@ def run(config, workdir: str, mode: str, prompt: str = "", negative_prompt: str 
             raise ConfigError("--prompt and --negative_prompt are options of --mode=sample")
         if not builders.caption_length(config):
             raise ConfigError("--prompt and --negative_prompt need a text-conditional model "
-                              f"(text.encoder is {config.text.encoder!r}; see configs/text/)")
+                              "(text.encoder 'bytes' or 'precomputed'; see configs/text/)")
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir",
                           os.path.expanduser(config.compilation_cache_dir))

@@ -117,6 +117,31 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
                            stats_path=stats_path)
 
 
+def test_reconstruction_error(config, mesh, method, params) -> dict:
+    """Mean squared error per pixel of an autoencoder's reconstructions of the first
+    `eval.num_reference` test images (in [-1, 1]), batches split over the mesh."""
+    from diffusion_jax import parallel
+
+    _, source, decode = open_dataset(config.data.dataset, "test",
+                                     data_dir=config.data.data_dir or None,
+                                     download=config.data.download)
+    n = min(config.eval.num_reference, len(source))
+    ndev, nproc = mesh.devices.size, jax.process_count()
+    batch = -(-min(500, n) // ndev) * ndev
+    shard = parallel.batch_sharded(mesh)
+    fn = jax.jit(lambda p, x: jax.numpy.mean(jax.numpy.square(method.reconstruct(p, x) - x),
+                                             axis=(1, 2, 3)), in_shardings=(None, shard),
+                 out_shardings=shard)
+    errors = []
+    for b in range(-(-n // batch)):
+        images = np.stack([decode(source[min(b * batch + i, n - 1)])[0] for i in range(batch)])
+        per_process = batch // nproc
+        local = images[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+        errors.append(parallel.to_host(fn(params, parallel.global_batch(local, mesh)))[
+            :n - b * batch])
+    return {"reconstruction_mse": float(np.concatenate(errors).mean())}
+
+
 def shapes_caption_metrics(samples: np.ndarray) -> dict:
     """How often samples drawn for the test captions of `shapes` (in order, as `evaluate` draws
     them) have the caption's colour and place, by the data set's detectors."""
@@ -190,6 +215,8 @@ def evaluate(config, workdir: str, mesh, method, state) -> int:
     samples = samples[:e.num_samples]
     metrics = dataset_metrics(config, samples, directory, mesh)
     metrics.update(sampler_stats, num_samples=len(samples))
+    if hasattr(method, "reconstruct"):
+        metrics.update(test_reconstruction_error(config, mesh, method, params))
     if e.bpd_num_examples and hasattr(method, "bits_per_dim"):
         metrics.update(test_bits_per_dim(config, mesh, method, params))
     if jax.process_index() == 0:

@@ -172,9 +172,7 @@ class LatentDiffusion:
         from latent noise x_init (B, *latent_shape), decoded to images (with the inner method's
         statistics when it returns them). Its keyword options are the inner method's."""
         def sample(params, rng, x_init, cond=None, *, aux, **options):
-            if _has_aux(self.inner):
-                options = dict(options, aux=aux["inner"])
-            out = self.inner.sample(params, rng, x_init, cond, **options)
+            out = self.inner.sample(params, rng, x_init, cond, **self._inner_aux(aux), **options)
             z, stats = out if isinstance(out, tuple) else (out, None)
             images = self.decode(aux, z)
             return images if stats is None else (images, stats)
@@ -185,6 +183,27 @@ class LatentDiffusion:
         aux = inspect.Parameter("aux", inspect.Parameter.KEYWORD_ONLY)
         sample.__signature__ = inner.replace(parameters=keep + [aux])
         return sample
+
+
+    def denoiser(self, params, cond=None, *, aux):
+        """The inner method's D(z, sigma) on scaled latents z (e.g. a latent-space teacher)."""
+        if not hasattr(self.inner, "denoiser"):
+            raise ConfigError(f"{type(self.inner).__name__} has no denoiser")
+        return self.inner.denoiser(params, cond, **self._inner_aux(aux))
+
+    def edit(self, params, rng, x, mask, cond=None, *, aux, task: str, strength: float,
+             **options):
+        """SDEdit in latent space: encode x (posterior mean), the inner method's SDEdit at
+        `strength`, decode. Inpainting needs a pixel mask the latents do not have."""
+        if task != "sdedit" or not hasattr(self.inner, "edit"):
+            raise ConfigError(f"latent diffusion edits by sdedit only (edit.task={task!r})")
+        z = aux["scale"] * self.autoencoder.encode(aux["autoencoder"], x).mode()
+        z = self.inner.edit(params, rng, z, jnp.zeros(z.shape, bool), cond, task=task,
+                            strength=strength, **self._inner_aux(aux), **options)
+        return self.decode(aux, z)
+
+    def _inner_aux(self, aux) -> dict:
+        return {"aux": aux["inner"]} if _has_aux(self.inner) else {}
 
 
 class CachedLatents:
