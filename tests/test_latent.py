@@ -8,10 +8,13 @@ import pytest
 
 from helpers import launch_one_device
 
+from configs.autoencoder import digits as ae_digits
 from configs.latent import digits_edm
 from diffusion_jax import builders, parallel
 from diffusion_jax.data import digits
+from diffusion_jax.data.datasets import ArraySource, _identity_example
 from diffusion_jax.errors import ConfigError
+from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.training.loop import restore_run
 
 AE = ["--config=configs/autoencoder/digits.py", "--config.model.ch=16",
@@ -74,3 +77,42 @@ def test_latent_config_needs_a_trained_autoencoder(tmp_path):
     config.latent.autoencoder_workdir = str(tmp_path)
     with pytest.raises(ConfigError, match="config.json"):
         builders.build_method(config)
+
+
+def _random_like(shapes, seed):
+    """Random parameters of the given shapes (no compiled init: tracing only)."""
+    leaves, tree = jax.tree.flatten(shapes)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [0.1 * jax.random.normal(k, l.shape)
+                                     for k, l in zip(keys, leaves)])
+
+
+def test_training_from_the_latent_cache_equals_encoding_each_batch(tmp_path):
+    ae_config = ae_digits.get_config()
+    ae_config.model.update(ch=8, attention=False)
+    autoencoder = builders.build_method(ae_config)
+    config = digits_edm.get_config()
+    config.model.update(nf=8, ch_mult=(1,), attn_resolutions=())
+    inner = builders.METHODS["edm"](config, builders.build_model(config), autoencoder.latent_shape)
+    direct = LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="")
+    cached = LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="",
+                             cache_dir=str(tmp_path))
+    params = _random_like(jax.eval_shape(direct.init_params, jax.random.key(0)), 0)
+    aux = {"autoencoder": _random_like(jax.eval_shape(autoencoder.init_params, jax.random.key(1)),
+                                       1), "scale": np.float32(2.0)}
+    images = digits.load_digits_arrays("train")[0][:8]
+    source = ArraySource(images, np.zeros(8, np.int32))
+    cached_source, cached_decode = cached.training_data(aux, source, _identity_example)
+    moments = np.stack([cached_decode(cached_source[i])[0] for i in range(8)])
+    labels = np.zeros(8, np.int32)
+    rng = jax.random.key(2)
+
+    @jax.jit
+    def losses(params, aux):
+        return (direct.loss(params, {"image": images, "label": labels}, rng, aux=aux)[0],
+                cached.loss(params, {"image": moments, "label": labels}, rng, aux=aux)[0],
+                direct.posterior_moments(aux, images))
+
+    from_images, from_cache, fresh_moments = losses(params, aux)
+    np.testing.assert_allclose(moments, fresh_moments, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(from_cache, from_images, rtol=1e-4)

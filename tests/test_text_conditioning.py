@@ -144,6 +144,38 @@ def test_dit_starts_at_zero_output_by_adaln_zero():
     assert float(jnp.max(jnp.abs(method.apply(params, x, jnp.ones((2,)), tokens)))) == 0.0
 
 
+def test_dropped_captions_become_the_empty_caption():
+    tokens = jnp.asarray(text.tokenize_all(["a red circle on the left"] * 64, L))
+    dropped = guidance.drop_labels(jax.random.key(0), tokens, 0.5,
+                                   guidance.null_condition(0, L))
+    empty = np.all(np.asarray(dropped) == text.PAD, axis=1)
+    kept = np.all(np.asarray(dropped) == np.asarray(tokens), axis=1)
+    assert np.all(empty | kept) and 16 < empty.sum() < 48  # whole captions, about half
+
+
+@pytest.mark.parametrize("method_name", ["ddpm", "score_sde", "edm"])
+def test_every_family_trains_on_captions(method_name):
+    """Each method builds with a text encoder and its loss traces on caption-token labels
+    (shapes only: jax.eval_shape compiles nothing)."""
+    from configs import base
+
+    config = tiny_text_config()
+    family = {"ddpm": base.ddpm_config(), "score_sde": base.score_sde_config("vpsde")}
+    if method_name != "edm":
+        template = family[method_name]
+        config.method = method_name
+        for section in ("diffusion", "sde"):
+            if section in template:
+                config[section] = template[section]
+        config.sampling = template.sampling
+    method = builders.build_method(config)
+    assert method.caption_length == L
+    params = jax.eval_shape(method.init_params, jax.random.key(0))
+    batch = {"image": jnp.zeros((4, 16, 16, 3)), "label": jnp.zeros((4, L), jnp.int32)}
+    loss, _ = jax.eval_shape(method.loss, params, batch, jax.random.key(1))
+    assert loss.shape == ()
+
+
 def test_text_config_errors_are_config_errors():
     config = tiny_text_config()
     config.data.dataset = "digits"
@@ -219,6 +251,12 @@ def test_prompt_in_sample_mode_draws_that_caption(trained_text_model):
     assert out["images"].shape == (32, 16, 16, 3)
     assert set(out["captions"].tolist()) == {RED_LEFT}
     assert np.mean(shapes.colour_of(out["images"]) == 0) >= 0.9
+
+
+def test_prompt_with_a_model_without_text_is_a_one_line_error(tmp_path):
+    result = launch_one_device(f"--workdir={tmp_path}", "--mode=sample", "--prompt=a seven")
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "text-conditional" in lines[0]
 
 
 def test_prompt_needs_a_text_model_and_sample_mode(tmp_path):
