@@ -11,9 +11,9 @@ import jax.numpy as jnp
 from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.methods import ddpm, score_sde
+from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
-from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.dit import DiT
@@ -106,6 +106,8 @@ def build_model(config):
                               f"text.encoder)")
         return module(**kwargs)
     if not length:
+        if kwargs.get("cross_attention"):
+            raise ConfigError("model.cross_attention needs a text encoder (text.encoder)")
         return module(num_classes=num_classes(config), **kwargs)
     if "cross_attention" not in fields:
         raise ConfigError(f"model {cfg.name!r} has no cross-attention for text.encoder; use "

@@ -25,10 +25,7 @@ import numpy as np
 
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.models.autoencoder import DiagonalGaussian
-
-
-def _has_aux(method) -> bool:
-    return hasattr(method, "init_aux")
+from diffusion_jax.training.step import has_aux as _has_aux
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +79,7 @@ class LatentDiffusion:
         """The autoencoder's EMA weights from `autoencoder_workdir` and the latent scale."""
         from diffusion_jax.training.loop import restore_run
 
-        _, autoencoder, state = restore_run(self.autoencoder_workdir)
+        _, _, state = restore_run(self.autoencoder_workdir)
         if jax.tree.structure(state.ema_params) != jax.tree.structure(aux["autoencoder"]):
             raise ConfigError(f"the autoencoder in {self.autoencoder_workdir!r} does not match "
                               f"its config.json")
@@ -183,7 +180,6 @@ class LatentDiffusion:
         aux = inspect.Parameter("aux", inspect.Parameter.KEYWORD_ONLY)
         sample.__signature__ = inner.replace(parameters=keep + [aux])
         return sample
-
 
     def denoiser(self, params, cond=None, *, aux):
         """The inner method's D(z, sigma) on scaled latents z (e.g. a latent-space teacher)."""
