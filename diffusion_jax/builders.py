@@ -187,7 +187,8 @@ def build_autoencoder(config, model, image_shape=None):
                           "latent.autoencoder_workdir must be empty")
     return Autoencoder(model=model.clone(out_channels=shape[-1]), image_shape=shape,
                        kl_weight=a.kl_weight, perceptual_weight=a.perceptual_weight,
-                       reconstruction=a.reconstruction)
+                       reconstruction=a.reconstruction, perceptual=a.perceptual,
+                       lpips_weights=a.lpips_weights)
 
 
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,

@@ -76,3 +76,20 @@ def test_bad_autoencoder_settings_are_config_errors():
     config.model.class_conditional = True
     with pytest.raises(ConfigError, match="no condition"):
         builders.build_method(config)
+
+
+def test_lpips_perceptual_term_reads_its_weights_file(tmp_path):
+    from diffusion_jax.losses import lpips
+
+    with pytest.raises(ConfigError, match="autoencoder.lpips_weights"):
+        _tiny_method(perceptual_weight=1.0, perceptual="lpips", lpips_weights=str(tmp_path / "x"))
+    shapes = jax.eval_shape(lpips.LPIPS().init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                            jnp.zeros((1, 16, 16, 3)))["params"]
+    path = str(tmp_path / "lpips.npz")
+    lpips.save_lpips_params(path, jax.tree.map(lambda s: np.full(s.shape, 0.01, np.float32),
+                                               shapes))
+    method = _tiny_method(perceptual_weight=1.0, perceptual="lpips", lpips_weights=path)
+    params = jax.eval_shape(method.init_params, jax.random.key(0))
+    batch = {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros(2, jnp.int32)}
+    _, metrics = jax.eval_shape(method.loss, params, batch, jax.random.key(1))
+    assert metrics["perceptual"].shape == ()

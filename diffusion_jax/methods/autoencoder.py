@@ -2,9 +2,11 @@
 
 Loss (Rombach et al. 2022, App. G, without the adversarial term): the reconstruction error of
 a posterior sample, |x - D(z)|_1 (or squared) summed over pixels, + kl_weight KL(q(z|x) || N(0, I))
-(closed form, `DiagonalGaussian.kl`) + perceptual_weight times the squared distance between the
-features of x and D(z) under the shipped digits classifier (`evaluation.digits_features`; 8x8
-digits only, as LPIPS weights are not available offline); each a mean over the batch.
+(closed form, `DiagonalGaussian.kl`) + perceptual_weight times a perceptual distance between x
+and D(z): `perceptual='digits'`, the squared distance of their features under the shipped digits
+classifier (`evaluation.digits_features`; 8x8 digits only), or `'lpips'`, LPIPS-VGG16
+(`losses.lpips`; the weights file `lpips_weights`, made by tools/convert_lpips_weights.py, is
+not shipped; images under 16x16 are resized to 32x32 for it); each a mean over the batch.
 `sample` decodes latents drawn from the prior N(0, I) (it fits the protocol; images come out
 well only as far as the KL term makes the posterior match the prior) and `reconstruct` is the
 autoencoder's real use.
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from diffusion_jax.errors import ConfigError
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
+PERCEPTUAL_DISTANCES = ("digits", "lpips")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,15 +33,23 @@ class Autoencoder:
     kl_weight: float = 1e-4
     perceptual_weight: float = 0.0
     reconstruction: str = "l1"
+    perceptual: str = "digits"
+    lpips_weights: str = ""
     num_classes: int = 0
 
     def __post_init__(self):
         if self.reconstruction not in RECONSTRUCTION_LOSSES:
             raise ConfigError(f"unknown reconstruction loss {self.reconstruction!r}; valid: "
                               f"{', '.join(RECONSTRUCTION_LOSSES)}")
-        if self.perceptual_weight and tuple(self.image_shape) != (8, 8, 1):
-            raise ConfigError("autoencoder.perceptual_weight uses the digits classifier: "
+        if self.perceptual not in PERCEPTUAL_DISTANCES:
+            raise ConfigError(f"unknown perceptual distance {self.perceptual!r} "
+                              f"(autoencoder.perceptual); valid: {', '.join(PERCEPTUAL_DISTANCES)}")
+        if (self.perceptual_weight and self.perceptual == "digits"
+                and tuple(self.image_shape) != (8, 8, 1)):
+            raise ConfigError("autoencoder.perceptual='digits' uses the digits classifier: "
                               f"8x8x1 images only, not {tuple(self.image_shape)}")
+        if self.perceptual_weight and self.perceptual == "lpips":
+            self._perceptual_distance  # a one-line error now if the weights are missing
 
     @property
     def latent_shape(self) -> tuple:
@@ -63,11 +74,22 @@ class Autoencoder:
         return self.decode(params, self.encode(params, x).mode())
 
     @functools.cached_property
-    def _features(self):
+    def _perceptual_distance(self):
+        """d(x, y) -> (B,) of `perceptual`."""
+        if self.perceptual == "lpips":
+            from diffusion_jax.losses import lpips
+
+            try:
+                weights = lpips.load_lpips_params(self.lpips_weights)
+            except ConfigError as e:
+                raise ConfigError(f"autoencoder.lpips_weights: {e}") from None
+            resize = None if min(self.image_shape[:2]) >= lpips.MIN_SIZE else 32
+            return lpips.lpips_distance_fn(weights, resize_to=resize)
         from diffusion_jax.evaluation.digits_features import (DigitsClassifier,
                                                               load_classifier_params)
         classifier, weights = DigitsClassifier(), load_classifier_params()
-        return lambda x: classifier.apply({"params": weights}, x)[0]
+        features = lambda x: classifier.apply({"params": weights}, x)[0]  # noqa: E731
+        return lambda x, y: jnp.sum(jnp.square(features(x) - features(y)), axis=-1)
 
     def loss(self, params, batch: dict, rng: jax.Array):
         x = batch["image"]
@@ -80,8 +102,7 @@ class Autoencoder:
         metrics = {"reconstruction": rec, "kl": kl,
                    "mse": jnp.mean(jnp.square(x - x_rec))}
         if self.perceptual_weight:
-            perceptual = jnp.mean(jnp.sum(jnp.square(self._features(x) - self._features(x_rec)),
-                                          axis=-1))
+            perceptual = jnp.mean(self._perceptual_distance(x, x_rec))
             loss = loss + self.perceptual_weight * perceptual
             metrics["perceptual"] = perceptual
         return loss, metrics
