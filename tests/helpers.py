@@ -34,3 +34,13 @@ def launch_one_device(*args, timeout=600):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def random_params(shapes, seed=0, scale=0.1):
+    """Parameters of the shapes `jax.eval_shape(init)` gives, drawn with numpy: no init is
+    compiled, and zero-initialised output layers pass signal."""
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(s.dtype), shapes)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import launch_one_device
+from helpers import launch_one_device, random_params
 
 from configs.autoencoder import digits as ae_digits
 from configs.latent import digits_edm
@@ -79,14 +79,6 @@ def test_latent_config_needs_a_trained_autoencoder(tmp_path):
         builders.build_method(config)
 
 
-def _random_like(shapes, seed):
-    """Random parameters of the given shapes (no compiled init: tracing only)."""
-    leaves, tree = jax.tree.flatten(shapes)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(tree, [0.1 * jax.random.normal(k, l.shape)
-                                     for k, l in zip(keys, leaves)])
-
-
 def test_training_from_the_latent_cache_equals_encoding_each_batch(tmp_path):
     ae_config = ae_digits.get_config()
     ae_config.model.update(ch=8, attention=False)
@@ -97,9 +89,10 @@ def test_training_from_the_latent_cache_equals_encoding_each_batch(tmp_path):
     direct = LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="")
     cached = LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="",
                              cache_dir=str(tmp_path))
-    params = _random_like(jax.eval_shape(direct.init_params, jax.random.key(0)), 0)
-    aux = {"autoencoder": _random_like(jax.eval_shape(autoencoder.init_params, jax.random.key(1)),
-                                       1), "scale": np.float32(2.0)}
+    params = random_params(jax.eval_shape(direct.init_params, jax.random.key(0)))
+    aux = {"autoencoder": random_params(jax.eval_shape(autoencoder.init_params,
+                                                       jax.random.key(1)), seed=1),
+           "scale": np.float32(2.0)}
     images = digits.load_digits_arrays("train")[0][:8]
     source = ArraySource(images, np.zeros(8, np.int32))
     cached_source, cached_decode = cached.training_data(aux, source, _identity_example)
