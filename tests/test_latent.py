@@ -9,7 +9,8 @@ import pytest
 from helpers import launch_one_device, random_params
 
 from configs.autoencoder import digits as ae_digits
-from configs.latent import digits_edm
+from configs.autoencoder import shapes as ae_shapes
+from configs.latent import digits_edm, shapes_text_edm
 from diffusion_jax import builders, parallel
 from diffusion_jax.data import digits
 from diffusion_jax.data.datasets import ArraySource, _identity_example
@@ -109,3 +110,30 @@ def test_training_from_the_latent_cache_equals_encoding_each_batch(tmp_path):
     from_images, from_cache, fresh_moments = losses(params, aux)
     np.testing.assert_allclose(moments, fresh_moments, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(from_cache, from_images, rtol=1e-4)
+
+
+def test_text_to_image_latent_diffusion_builds_and_traces(tmp_path):
+    """The latent text config on an autoencoder run's config.json: caption-conditional EDM on
+    8x8x4 latents whose loss and guided sampler trace (shapes only, nothing compiled)."""
+    from diffusion_jax import workdir as workdir_io
+
+    ae_config = ae_shapes.get_config()
+    workdir_io.write_config(str(tmp_path), ae_config)
+    config = shapes_text_edm.get_config()
+    config.latent.autoencoder_workdir = str(tmp_path)
+    config.model.update(ch=16, num_heads=2)
+    method = builders.build_method(config)
+    assert method.latent_shape == (8, 8, 4) and method.image_shape == (16, 16, 3)
+    assert method.caption_length == 32
+    params = jax.eval_shape(method.init_params, jax.random.key(0))
+    aux = jax.eval_shape(method.init_aux, params, jax.random.key(1))
+    batch = {"image": jax.ShapeDtypeStruct((4, 16, 16, 3), np.float32),
+             "label": jax.ShapeDtypeStruct((4, 32), np.int32)}
+    loss, _ = jax.eval_shape(lambda p, b, a: method.loss(p, b, jax.random.key(2), aux=a),
+                             params, batch, aux)
+    assert loss.shape == ()
+    images = jax.eval_shape(lambda p, a, c: method.sample(
+        p, jax.random.key(3), np.zeros((4, 8, 8, 4), np.float32), c, aux=a, num_steps=2,
+        guidance_scale=3.0, negative_prompt="a blue circle on the left"), params, aux,
+        batch["label"])
+    assert images.shape == (4, 16, 16, 3)
