@@ -46,6 +46,8 @@ def test_shapes_are_deterministic_captioned_and_the_detectors_read_them():
     assert captions[0].startswith("a ") and text.detokenize(tokens[0]) == captions[0]
     colour, position = shapes.attributes(captions)
     assert (shapes.colour_of(images) == colour).all()
+    round_or_square = np.array(["triangle" not in c for c in captions])
+    assert (shapes.colour_of(images[round_or_square], 0.1) == colour[round_or_square]).all()
     assert (shapes.position_of(images) == position).all()
     assert again.shape == (16, 16, 3)
     spec, source, decode = open_dataset("shapes", "train")
@@ -232,15 +234,21 @@ def _colour_accuracy(config, workdir, guidance_scale):
     images = sampling.generate(method, state.params, jax.random.key(7), len(conditions), 96,
                                mesh, options, conditions=conditions)
     colour, _ = shapes.attributes([text.detokenize(c) for c in conditions])
-    return float(np.mean(shapes.colour_of(images) == colour))
+    return {margin: float(np.mean(shapes.colour_of(images, margin) == colour))
+            for margin in (0.0, 0.1)}
 
 
 @pytest.mark.slow
 def test_guided_samples_follow_the_caption_colour_more_often(trained_text_model):
+    """A sample follows its caption when the caption's colour channel has the largest mean by
+    more than 0.1 (a clearly drawn shape of that colour: every square and circle of the data
+    passes)."""
     unguided = _colour_accuracy(*trained_text_model, 1.0)
     guided = _colour_accuracy(*trained_text_model, 3.0)
-    print(f"colour accuracy over 192 samples: unguided {unguided:.3f}, guidance 3: {guided:.3f}")
-    assert guided >= 0.9 and guided >= unguided + 0.04, (unguided, guided)
+    print(f"over 192 samples, dominant colour / clear margin: unguided {unguided[0.0]:.3f} / "
+          f"{unguided[0.1]:.3f}, guidance 3: {guided[0.0]:.3f} / {guided[0.1]:.3f}")
+    assert guided[0.1] >= 0.9 and guided[0.1] >= unguided[0.1] + 0.15, (unguided, guided)
+    assert guided[0.0] >= unguided[0.0]
 
 
 def test_prompt_in_sample_mode_draws_that_caption(trained_text_model):

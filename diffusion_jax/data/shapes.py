@@ -73,9 +73,14 @@ def attributes(captions) -> tuple[np.ndarray, np.ndarray]:
             np.asarray([positions.index(w[3]) for w in words]))
 
 
-def colour_of(images: np.ndarray) -> np.ndarray:
-    """Detector: index into COLOURS of the channel with the largest mean (N,)."""
-    return np.argmax(np.asarray(images).reshape(len(images), -1, 3).mean(axis=1), axis=-1)
+def colour_of(images: np.ndarray, min_margin: float = 0.0) -> np.ndarray:
+    """Detector: index into COLOURS of the channel with the largest mean (N,); -1 where it
+    does not exceed the next channel's mean by more than `min_margin` (a shape of n pixels on
+    black gives 2 n / 256: every square and circle of the data exceeds 0.1, triangles do not)."""
+    means = np.asarray(images).reshape(len(images), -1, 3).mean(axis=1)
+    top2 = np.sort(means, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > min_margin
+    return np.where(clear, np.argmax(means, axis=-1), -1)
 
 
 def position_of(images: np.ndarray) -> np.ndarray:
