@@ -4,18 +4,23 @@
     python launch.py --config=configs/ddpm/cifar10.py:bf16 --workdir=runs/c10 --mode=train
     python launch.py --config=... --config.training.num_steps=10 --mode=info|sample|eval
     python launch.py --config=configs/text/shapes_edm.py --mode=sample --prompt="a red circle on the left"
+    python launch.py --experiment=experiments/NAME.py[:arg] --workdir=DIR [--parallel=N] [--dry_run]
+    python launch.py --report=DIR | --status=DIR      # rebuild a sweep's results / print its state
 
-Config errors (unknown keys, bad values, unknown names) print one line and exit with status 2.
+With `--experiment`, `--config.KEY=VALUE` arguments are added to every member's commands (e.g.
+a data directory). Config and experiment errors (unknown keys, bad values, unknown names, bad
+experiment files) print one line and exit with status 2.
 """
-import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_dict, config_flags
+from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "ddpm", "digits.py")
+SWEEP_FLAGS = ("--experiment", "--report", "--status")
+MEMBER_OVERRIDES = []  # a sweep command's --config.KEY=VALUE arguments, for every member
 
 FLAGS = flags.FLAGS
 
@@ -25,60 +30,105 @@ def fail(message: str):
     sys.exit(2)
 
 
-def _load_config_file(spec: str):
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        fail(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("_launch_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-        return module.get_config(arg) if arg else module.get_config()
-    except Exception as e:  # a config file's own error, e.g. an unknown argument
-        fail(f"config {spec!r}: {e}")
-
-
 def _check_override_keys(argv):
     """Every --config.a.b=value must name an existing key: say which and list its siblings."""
+    from diffusion_jax.config_files import check_key, load_config
+    from diffusion_jax.errors import ConfigError
+
     spec = DEFAULT_CONFIG
     for arg in argv[1:]:
         if arg.startswith("--config="):
             spec = arg.split("=", 1)[1]
-    config = _load_config_file(spec)
-    for arg in argv[1:]:
-        if not arg.startswith("--config."):
-            continue
-        key = arg[len("--config."):].split("=", 1)[0]
-        node, path = config, []
-        for part in key.split("."):
-            if not isinstance(node, config_dict.ConfigDict) or part not in node:
-                where = ".".join(path) or "the config root"
-                valid = sorted(node.keys()) if isinstance(node, config_dict.ConfigDict) else []
-                fail(f"unknown config key {key!r}: {where} has no {part!r}; valid: "
-                     f"{', '.join(valid)}")
-            node, path = node[part], path + [part]
+    try:
+        config = load_config(spec)
+        for arg in argv[1:]:
+            if arg.startswith("--config."):
+                check_key(config, arg[len("--config."):].split("=", 1)[0])
+    except ConfigError as e:
+        fail(str(e))
+
+
+def _is_sweep_command(argv) -> bool:
+    return any(arg.split("=", 1)[0] in SWEEP_FLAGS for arg in argv[1:])
 
 
 def define_flags(argv):
-    """Check the overrides, then define the flags (config_flags reads argv when defined)."""
+    """Check the overrides, then define the flags (config_flags reads argv when defined). A
+    sweep command (`--experiment`, `--report`, `--status`) defines no config flag: its
+    `--config.KEY=VALUE` arguments go to the members (`parse_flags`)."""
     sys.path.insert(0, ROOT)
+    flags.DEFINE_string("workdir", "workdir", "directory for config, metrics, checkpoints, "
+                        "samples; with --experiment the experiment directory (default "
+                        "runs/NAME[_ARG])")
+    flags.DEFINE_string("train_workdir", "", "sample and eval modes: restore the newest "
+                        "checkpoint of this work directory instead of --workdir's")
+    flags.DEFINE_string("experiment", None, "experiments/NAME.py[:arg]: run its sweep (or "
+                        "scripted study) in --workdir")
+    flags.DEFINE_string("report", None, "rebuild results.md, results.csv and plots/ of this "
+                        "experiment directory")
+    flags.DEFINE_string("status", None, "print the members' states of this experiment directory")
+    flags.DEFINE_bool("dry_run", False, "with --experiment: list the members and their commands")
+    flags.DEFINE_integer("parallel", 1, "with --experiment: members run at once (each on its "
+                         "slice of the local GPUs)")
+    if _is_sweep_command(argv):
+        return
     _check_override_keys(argv)
     try:
         config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "config file[:argument]",
                                         lock_config=True)
     except Exception as e:  # a value that does not parse for its key's type
         fail(str(e).strip().splitlines()[-1])
-    flags.DEFINE_string("workdir", "workdir", "directory for config, metrics, checkpoints, samples")
     flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "info"], "what to run")
     flags.DEFINE_string("prompt", "", "sample mode, text-conditional model: the caption to draw")
     flags.DEFINE_string("negative_prompt", "", "sample mode: the caption to guide away from")
 
 
 def parse_flags(argv):
+    """Parse the flags; a sweep command's `--config.*` arguments are kept for its members."""
+    if _is_sweep_command(argv):
+        if any(arg.startswith("--config=") for arg in argv[1:]):
+            fail("--config= does not apply to --experiment: the experiment names its configs")
+        MEMBER_OVERRIDES.extend(arg for arg in argv[1:] if arg.startswith("--config."))
+        argv = [arg for arg in argv if not arg.startswith("--config.")]
     try:
         return FLAGS(argv)
     except flags.Error as e:
         fail(str(e))
+
+
+def sweep_main() -> int:
+    """`--experiment`, `--report` or `--status`."""
+    from diffusion_jax.sweep import Experiment, load_experiment
+
+    if FLAGS.report:
+        from diffusion_jax.sweep.report import write_report
+
+        print(f"wrote {write_report(FLAGS.report)}")
+        return 0
+    if FLAGS.status:
+        from diffusion_jax.sweep.status import read_status, status_table
+
+        print(status_table(read_status(FLAGS.status)))
+        return 0
+    experiment = load_experiment(FLAGS.experiment)
+    workdir = FLAGS.workdir
+    if not FLAGS["workdir"].present:
+        path, _, arg = FLAGS.experiment.partition(":")
+        workdir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0]
+                               + (f"_{arg}" if arg else ""))
+    if not isinstance(experiment, Experiment):  # a scripted study
+        if FLAGS.dry_run:
+            print(f"scripted study: would run {FLAGS.experiment} in {workdir}")
+            return 0
+        if MEMBER_OVERRIDES:
+            fail("--config.KEY=VALUE does not apply to a scripted study")
+        return experiment(workdir)
+    from diffusion_jax.sweep import runner
+
+    if FLAGS.dry_run:
+        return runner.dry_run(experiment, workdir, MEMBER_OVERRIDES)
+    return runner.run_experiment(experiment, workdir, parallel=FLAGS.parallel,
+                                 extra_args=MEMBER_OVERRIDES, title=FLAGS.experiment)
 
 
 def main(argv):
@@ -86,11 +136,15 @@ def main(argv):
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.ERROR)
     from diffusion_jax.errors import UserError
-    from diffusion_jax.launcher import run
 
     try:
-        return run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.prompt, FLAGS.negative_prompt)
-    except UserError as e:
+        if _is_sweep_command(sys.argv):
+            return sweep_main()
+        from diffusion_jax.launcher import run
+
+        return run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.train_workdir or None,
+                   prompt=FLAGS.prompt, negative_prompt=FLAGS.negative_prompt)
+    except (UserError, FileNotFoundError) as e:
         fail(str(e))
 
 

@@ -93,3 +93,35 @@ def score_sde_config(sde: str = "vpsde") -> ml_collections.ConfigDict:
     c.eval.update(num_samples=50_000, batch_size=1000, bpd_num_examples=10_000,
                   bpd_batch_size=500)
     return c
+
+
+def consistency_config(training_mode: str = "cd") -> ml_collections.ConfigDict:
+    """Consistency models (Song et al. 2023) shared CIFAR-10 defaults, from Table 3 and the
+    released CIFAR-10 configs (openai/consistency_models_cifar10, `cifar10_ve_cd.py`): EDM's
+    NCSN++ backbone (`ncsnpp.edm_ncsnpp_cifar10_kwargs`, 56,395,651 parameters) with dropout 0,
+    sigma in [0.002, 80], rho 7, sigma_data 0.5; batch 512, RAdam lr 4e-4 (beta1 0.9, eps 1e-8),
+    linear warmup over 10M images (19,531 steps), no gradient clipping, EMA 0.9999 for the
+    evaluated weights, 800k iterations, random flips; one-step sampling. CD: N = 18, Heun
+    teacher step, target = online weights under stop-gradient (mu = 0). CT: mu0 0.9, s0 2,
+    s1 150. LPIPS on images resized bilinearly to 224 x 224, as the reference code does.
+    `training.teacher_checkpoint` is the teacher's work directory (CD only; no default).
+    """
+    from diffusion_jax.models import ncsnpp
+
+    c = base_config()
+    c.method = "consistency"
+    c.model.update(name="ncsnpp", **ncsnpp.edm_ncsnpp_cifar10_kwargs())
+    c.model.dropout = 0.0
+    c.consistency = ml_collections.ConfigDict(dict(
+        training_mode=training_mode, sigma_min=0.002, sigma_max=80.0, rho=7.0, sigma_data=0.5,
+        distance="lpips", lpips_weights="", lpips_resize=224, huber_c=0.0, weighting="uniform", num_scales=18,
+        teacher_solver="heun", target_ema=0.0, init_from_teacher=training_mode == "cd",
+        s0=2, s1=150, mu0=0.9, P_mean=-1.1, P_std=2.0))
+    c.data.update(dataset="cifar10", random_flip=True)
+    c.training.update(num_steps=800_000, batch_size=512, checkpoint_every=10_000, log_every=100,
+                      ema_decay=0.9999, teacher_checkpoint="")
+    c.optim.update(name="radam", lr=4e-4, warmup_steps=10_000_000 // 512, grad_clip=0.0,
+                   beta1=0.9, beta2=0.999, eps=1e-8)
+    c.sampling.update(num_samples=64, batch_size=64, method="onestep", num_steps=1, sigmas=())
+    c.eval.update(num_samples=50_000, batch_size=1000)
+    return c

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
-from diffusion_jax.methods import ddpm, score_sde
+from diffusion_jax.losses import consistency as consistency_objectives
+from diffusion_jax.methods import consistency, ddpm, score_sde
 from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
@@ -22,7 +23,7 @@ from diffusion_jax.models.text_encoder import (ByteTextEncoder, PrecomputedTextE
                                                TextConditioned, load_embedding_table)
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.processes import parameterization, schedules, sde as sdes
-from diffusion_jax.samplers import ode, pc
+from diffusion_jax.samplers import edm as edm_samplers, ode, pc
 
 MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL}
 TEXT_ENCODERS = ("bytes", "precomputed")
@@ -191,10 +192,58 @@ def build_autoencoder(config, model, image_shape=None):
                        lpips_weights=a.lpips_weights)
 
 
+def build_teacher(workdir: str, student_config):
+    """The method of the training run in `workdir` (its config.json), checked to be a usable
+    consistency-distillation teacher for `student_config`: it has a denoiser and the same data
+    shape and classes. (Without a teacher, a CD model can still be built, e.g. for --mode=info;
+    creating its train state is then a ConfigError.)"""
+    from diffusion_jax import workdir as workdir_io
+
+    teacher = build_method(workdir_io.read_config(workdir))
+    if not hasattr(teacher, "conditional_denoiser"):
+        raise ConfigError(f"the teacher in {workdir!r} ({type(teacher).__name__}) has no "
+                          f"denoiser; distil from an edm, score_sde or ddpm run")
+    if tuple(teacher.image_shape) != tuple(dataset_spec(student_config).image_shape) or \
+            teacher.num_classes != num_classes(student_config):
+        raise ConfigError(f"the teacher in {workdir!r} was trained on images "
+                          f"{tuple(teacher.image_shape)} with {teacher.num_classes} classes; this "
+                          f"config has {tuple(dataset_spec(student_config).image_shape)} and "
+                          f"{num_classes(student_config)}")
+    return teacher
+
+
+def build_consistency(config, model, image_shape):
+    """Consistency model (Song et al. 2023) on `model`: CD from `training.teacher_checkpoint`,
+    CT or improved CT, as `consistency.training_mode` says."""
+    c = config.consistency
+    choose("consistency training mode (consistency.training_mode)", c.training_mode,
+           consistency.TRAINING_MODES)
+    choose("consistency distance (consistency.distance)", c.distance,
+           consistency_objectives.DISTANCES)
+    choose("consistency weighting (consistency.weighting)", c.weighting,
+           consistency_objectives.WEIGHTINGS)
+    choose("teacher ODE solver (consistency.teacher_solver)", c.teacher_solver,
+           tuple(edm_samplers.ODE_STEPS))
+    distill = c.training_mode == "cd"
+    if c.init_from_teacher and not distill:
+        raise ConfigError("consistency.init_from_teacher needs consistency.training_mode=cd")
+    return consistency.Consistency(
+        model=model, image_shape=image_shape,
+        num_classes=num_classes(config), training_mode=c.training_mode,
+        sigma_data=c.sigma_data, sigma_min=c.sigma_min, sigma_max=c.sigma_max, rho=c.rho,
+        distance=c.distance, huber_c=c.huber_c, weighting=c.weighting, num_scales=c.num_scales,
+        teacher=(build_teacher(config.training.teacher_checkpoint, config)
+                 if distill and config.training.teacher_checkpoint else None),
+        teacher_workdir=config.training.teacher_checkpoint, teacher_solver=c.teacher_solver,
+        target_ema=c.target_ema, init_from_teacher=c.init_from_teacher,
+        total_steps=config.training.num_steps, s0=c.s0, s1=c.s1, mu0=c.mu0, P_mean=c.P_mean,
+        P_std=c.P_std, lpips_weights=c.lpips_weights, lpips_resize=c.lpips_resize)
+
+
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
-           "autoencoder": build_autoencoder}
+           "consistency": build_consistency, "autoencoder": build_autoencoder}
 SAMPLERS = {"ddpm": ddpm.SAMPLERS, "edm": FAST_SAMPLERS, "score_sde": score_sde.SAMPLERS,
-            "autoencoder": ("prior",)}
+            "consistency": consistency.SAMPLERS, "autoencoder": ("prior",)}
 
 
 def build_method(config):

@@ -17,10 +17,13 @@ from diffusion_jax.models.unet import count_params
 MODES = ("train", "sample", "eval", "info")
 
 
-def run(config, workdir: str, mode: str, prompt: str = "", negative_prompt: str = "") -> int:
-    """Run one mode; returns the process exit status. `prompt` / `negative_prompt`: sample mode
-    of a text-conditional model generates images of that caption, guided away from the
-    negative one."""
+def run(config, workdir: str, mode: str, train_workdir: str | None = None, prompt: str = "",
+        negative_prompt: str = "") -> int:
+    """Run one mode; returns the process exit status. Sample and eval restore the newest
+    checkpoint of `train_workdir` (default `workdir`) and write to `workdir`, so several
+    evaluations of one training run (an experiment's members) keep their own outputs.
+    `prompt` / `negative_prompt`: sample mode of a text-conditional model generates images of
+    that caption, guided away from the negative one."""
     choose("mode", mode, MODES)
     if prompt or negative_prompt:
         if mode != "sample":
@@ -54,7 +57,7 @@ def run(config, workdir: str, mode: str, prompt: str = "", negative_prompt: str 
         return 0
     from diffusion_jax.training.loop import restore_state
 
-    method, state = restore_state(config, workdir, mesh)
+    method, state = restore_state(config, train_workdir or workdir, mesh)
     if mode == "sample":
         if config.edit.task != "none":
             return _edit(config, workdir, mesh, method, state)

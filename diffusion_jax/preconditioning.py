@@ -96,6 +96,25 @@ class IDDPMPrecond:
         return Coefficients(jnp.ones_like(sigma), -sigma, denoisers.vp_alpha(sigma), c_noise)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConsistencyPrecond:
+    """The consistency-model boundary parameterisation (Song et al. 2023, Appendix C):
+    c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2), c_out = (sigma - sigma_min) sd /
+    sqrt(sigma^2 + sd^2), with EDM's c_in = 1 / sqrt(sigma^2 + sd^2) and c_noise = ln(sigma) / 4.
+    At sigma = sigma_min, c_skip = 1 and c_out = 0 exactly, so f(x, sigma_min) = x whatever the
+    network; elsewhere it is EDM's preconditioning shifted by sigma_min."""
+
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+
+    def __call__(self, sigma):
+        sd2 = self.sigma_data**2
+        shifted = sigma - self.sigma_min
+        return Coefficients(sd2 / (jnp.square(shifted) + sd2),
+                            shifted * self.sigma_data * jax.lax.rsqrt(jnp.square(sigma) + sd2),
+                            jax.lax.rsqrt(jnp.square(sigma) + sd2), jnp.log(sigma) / 4.0)
+
+
 def precondition(F: Callable, scheme: Callable) -> denoisers.Denoiser:
     """D(x, sigma[, cond]) = c_skip x + c_out F(c_in x, c_noise[, cond]) (Karras et al. 2022, Eq. 7)."""
     def denoiser(x, sigma, cond=None):

@@ -11,8 +11,11 @@ DPM-Solver++(2M), all on one DDPM epsilon-network (linear beta, T = 1000).
 
 NFE per sampler: ancestral and DDIM take NFE steps, Heun (2N - 1 evaluations) N = (NFE + 1) / 2
 steps, DPM-Solver++(2M) NFE steps. Writes `sampler_nfe.csv`, `sampler_nfe.png` and prints one
-Markdown table. `arg == "quick"`: two NFEs, few samples, a 2-step tiny digits model.
-Until `launch.py --experiment` exists: `python3 -m experiments.sampler_nfe WORKDIR [quick]`.
+Markdown table. A scripted study (not a config sweep):
+
+    python3 launch.py --experiment=experiments/sampler_nfe.py --workdir=runs/sampler_nfe
+
+`:quick`: two NFEs, few samples, a 2-step tiny digits model.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np
 
 from configs.ddpm import digits as digits_config
 from diffusion_jax import analytic, launcher, parallel, sampling
+from diffusion_jax.errors import ConfigError
 from diffusion_jax.evaluation.frechet import feature_statistics, frechet_distance
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.processes import schedules
@@ -126,7 +130,7 @@ def _plot(rows, path: str) -> None:
 
 def run(workdir: str, arg=None) -> int:
     if arg not in (None, "", "quick"):
-        raise ValueError(f"unknown argument {arg!r} for experiments/sampler_nfe.py; valid: quick")
+        raise ConfigError(f"unknown argument {arg!r} for experiments/sampler_nfe.py; valid: quick")
     quick = arg == "quick"
     os.makedirs(workdir, exist_ok=True)
     nfes = (10, 20) if quick else (10, 20, 35, 50, 100, 1000)
@@ -141,8 +145,3 @@ def run(workdir: str, arg=None) -> int:
     print(_table(rows), flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(run(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))

@@ -77,7 +77,7 @@ def test_info_prints_the_papers_parameter_count_and_flops():
     (["--config.training.num_steps=abc"], ["num_steps", "abc"]),
     (["--config.model.name=resnet", "--mode=info"], ["resnet", "unet"]),
     (["--config.data.dataset=imagenet", "--mode=info"], ["imagenet", "digits"]),
-    (["--config.sampling.method=heun", "--mode=info"], ["heun", "ancestral"]),
+    (["--config.sampling.method=nope", "--mode=info"], ["nope", "ancestral"]),
     (["--config=configs/ddpm/nope.py"], ["does not exist"]),
     (["--mode=fly"], ["fly"]),
 ])

@@ -174,6 +174,13 @@ def _distance_of_params(params, x, y, *, resize_to, dtype):
     return lpips_distance(params, x, y, resize_to, dtype)
 
 
+def abstract_lpips_params():
+    """The LPIPS params as a tree of jax.ShapeDtypeStruct (no weights needed): the layout a
+    method keeps them in before `load_lpips_params` fills them."""
+    x = jnp.zeros((1, MIN_SIZE, MIN_SIZE, 3))
+    return jax.eval_shape(LPIPS().init, jax.random.PRNGKey(0), x, x)["params"]
+
+
 def param_shapes() -> dict[str, tuple]:
     """{'params/features/conv1_1/kernel': (3, 3, 3, 64), ...}: the flat tree a weight file holds."""
     return dict(_param_shapes())

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.denoisers import call, per_example
+from diffusion_jax.denoisers import call, expand, per_example
 
 SOLVERS = ("heun", "euler", "euler_ancestral")
 
@@ -25,6 +25,30 @@ def sigma_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float 
     ramp = jnp.arange(num_steps) / max(num_steps - 1, 1)
     sigmas = (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
     return jnp.concatenate([sigmas, jnp.zeros((1,), sigmas.dtype)])
+
+
+def ode_derivative(denoiser: Callable, x: jax.Array, sigma, cond=None) -> jax.Array:
+    """dx/dsigma = (x - D(x, sigma)) / sigma (Eq. 4 with sigma(t) = t; sigma scalar or (B,))."""
+    sigma = per_example(sigma, x)
+    return (x - call(denoiser, x, sigma, cond)) / expand(sigma, x)
+
+
+def euler_step(denoiser: Callable, x: jax.Array, sigma, sigma_next, cond=None) -> jax.Array:
+    """x + (sigma_next - sigma) dx/dsigma: one Euler step of the probability-flow ODE."""
+    delta = expand(per_example(sigma_next, x) - per_example(sigma, x), x)
+    return x + delta * ode_derivative(denoiser, x, sigma, cond)
+
+
+def heun_step(denoiser: Callable, x: jax.Array, sigma, sigma_next, cond=None) -> jax.Array:
+    """Heun's second-order step from sigma to sigma_next > 0 (Algorithm 1, lines 5-8): the mean
+    of the slopes at x and at the Euler prediction."""
+    delta = expand(per_example(sigma_next, x) - per_example(sigma, x), x)
+    d = ode_derivative(denoiser, x, sigma, cond)
+    x_euler = x + delta * d
+    return x + delta * 0.5 * (d + ode_derivative(denoiser, x_euler, sigma_next, cond))
+
+
+ODE_STEPS = {"heun": heun_step, "euler": euler_step}
 
 
 def edm_sample(denoiser: Callable, rng: jax.Array, shape, *, num_steps: int = 18,
@@ -58,15 +82,10 @@ def edm_sample(denoiser: Callable, rng: jax.Array, shape, *, num_steps: int = 18
     gamma_max = min(S_churn / max(num, 1), math.sqrt(2.0) - 1.0)
 
     def ode_step(x, sigma, sigma_next):
-        d = (x - D(x, sigma)) / sigma
-        x_euler = x + (sigma_next - sigma) * d
         if solver == "euler":
-            return x_euler
-
-        def heun():
-            d_next = (x_euler - D(x_euler, sigma_next)) / sigma_next
-            return x + (sigma_next - sigma) * 0.5 * (d + d_next)
-        return jax.lax.cond(sigma_next > 0, heun, lambda: x_euler)
+            return euler_step(D, x, sigma, sigma_next)
+        return jax.lax.cond(sigma_next > 0, lambda: heun_step(D, x, sigma, sigma_next),
+                            lambda: euler_step(D, x, sigma, sigma_next))
 
     def ancestral_step(x, sigma, sigma_next, key):
         sigma_up = jnp.minimum(sigma_next, eta * sigma_next * jnp.sqrt(1.0 - (sigma_next / sigma) ** 2))

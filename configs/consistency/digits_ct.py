@@ -1,0 +1,31 @@
+"""Consistency training on the embedded 8x8 digits: the CPU version of `cifar10_ct.py` (Song
+et al. 2023, CT) and, with the argument `ict`, of `cifar10_ict.py` (Song & Dhariwal 2023).
+
+The network of `configs/edm/digits.py` (188,769 parameters) from random initialisation, 3000
+steps of batch 128, RAdam 1e-3 with 200 warmup steps. 'ct': squared L2 distance (LPIPS needs
+weights that do not exist for 8x8 digits), N(k) with s0 = 2, s1 = 150 and the target EMA mu(k).
+'ict': pseudo-Huber with c = 0.00054 sqrt(64), no target EMA, N doubling from 10 to 1280,
+log-normal levels, 1 / (sigma_{i+1} - sigma_i) weighting. Not a paper setting.
+"""
+from configs import base
+from configs.edm import digits as edm_digits
+
+
+def get_config(arg=None):
+    if arg not in (None, "", "ct", "ict"):
+        raise ValueError(f"unknown argument {arg!r} for configs/consistency/digits_ct.py; "
+                         f"valid: ct, ict")
+    mode = arg or "ct"
+    config = base.consistency_config(mode)
+    config.model = edm_digits.get_config().model
+    if mode == "ict":
+        config.consistency.update(distance="pseudo_huber", weighting="icm", s0=10, s1=1280)
+    else:
+        config.consistency.distance = "l2"
+    config.data.update(dataset="digits", random_flip=False)
+    config.training.update(num_steps=3000, batch_size=128, checkpoint_every=1000, log_every=100,
+                           ema_decay=0.999)
+    config.optim.update(lr=1e-3, warmup_steps=200)
+    config.sampling.update(num_samples=100, batch_size=100)
+    config.eval.update(num_samples=1000, batch_size=500)
+    return config
