@@ -198,7 +198,7 @@ TRAINED = {"model.patch_size": 4, "model.hidden_size": 64, "model.depth": 2,
            "edm.P_mean": -0.4, "training.num_steps": 400, "training.batch_size": 16,
            "training.checkpoint_every": 400, "training.log_every": 100,
            "training.sample_at_end": False, "optim.lr": 3e-3, "optim.warmup_steps": 0,
-           "sampling.num_samples": 32, "sampling.batch_size": 32, "sampling.num_steps": 10,
+           "sampling.num_samples": 32, "sampling.batch_size": 32, "sampling.num_steps": 8,
            "sampling.use_ema": False}
 
 

@@ -97,11 +97,23 @@ class LatentDiffusion:
     def latent_scale(self, ae_params) -> float:
         """1 / std of posterior samples of the first `scale_examples` training images."""
         images = _training_images(self.dataset, self.data_dir, self.scale_examples)
-        encode = jax.jit(lambda p, x, rng: self.autoencoder.encode(p, x).sample(rng))
-        z = np.concatenate([np.asarray(encode(ae_params, images[i:i + 256],
-                                              jax.random.fold_in(jax.random.key(0), i)))
-                            for i in range(0, len(images), 256)])
-        return float(1.0 / z.std())
+        mean, logvar = np.split(self.encode_moments(ae_params, images), 2, axis=-1)
+        noise = np.random.default_rng(0).standard_normal(mean.shape)
+        return float(1.0 / (mean + np.exp(0.5 * logvar) * noise).std())
+
+    def encode_moments(self, ae_params, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        """Host images -> their posterior moments (N, h, w, 2 c), in batches of `batch` (the
+        last one padded, so one program is compiled)."""
+        out = []
+        for i in range(0, len(images), batch):
+            chunk = images[i:i + batch]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+            out.append(np.asarray(self._moments_fn(ae_params, padded))[:len(chunk)])
+        return np.concatenate(out)
+
+    @functools.cached_property
+    def _moments_fn(self):
+        return jax.jit(lambda p, x: self.posterior_moments({"autoencoder": p}, x))
 
     # -- data ---------------------------------------------------------------------------------
     def encode(self, aux, x, rng):
@@ -122,9 +134,7 @@ class LatentDiffusion:
         path = os.path.join(self.cache_dir, f"{self.dataset}_train_latent_moments.npy")
         if not os.path.exists(path):
             images = np.stack([decode(source[i])[0] for i in range(len(source))])
-            moments = jax.jit(self.posterior_moments)
-            out = np.concatenate([np.asarray(moments(aux, images[i:i + 256]))
-                                  for i in range(0, len(images), 256)])
+            out = self.encode_moments(aux["autoencoder"], images)
             os.makedirs(self.cache_dir, exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp.npy"
             np.save(tmp, out)
