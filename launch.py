@@ -3,6 +3,7 @@
     python launch.py                                  # DDPM on the embedded digits, then samples
     python launch.py --config=configs/ddpm/cifar10.py:bf16 --workdir=runs/c10 --mode=train
     python launch.py --config=... --config.training.num_steps=10 --mode=info|sample|eval
+    python launch.py --config=configs/text/shapes_edm.py --mode=sample --prompt="a red circle on the left"
     python launch.py --experiment=experiments/NAME.py[:arg] --workdir=DIR [--parallel=N] [--dry_run]
     python launch.py --report=DIR | --status=DIR      # rebuild a sweep's results / print its state
 
@@ -78,6 +79,8 @@ def define_flags(argv):
     except Exception as e:  # a value that does not parse for its key's type
         fail(str(e).strip().splitlines()[-1])
     flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "info"], "what to run")
+    flags.DEFINE_string("prompt", "", "sample mode, text-conditional model: the caption to draw")
+    flags.DEFINE_string("negative_prompt", "", "sample mode: the caption to guide away from")
 
 
 def parse_flags(argv):
@@ -139,7 +142,8 @@ def main(argv):
             return sweep_main()
         from diffusion_jax.launcher import run
 
-        return run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.train_workdir or None)
+        return run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.train_workdir or None,
+                   prompt=FLAGS.prompt, negative_prompt=FLAGS.negative_prompt)
     except (UserError, FileNotFoundError) as e:
         fail(str(e))
 

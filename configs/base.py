@@ -21,6 +21,16 @@ def base_config() -> ml_collections.ConfigDict:
                                                 seed=1))
     # Editing in --mode=sample (diffusion_jax/edit_inputs.py): task none | inpaint | sdedit;
     # input: a PNG or a directory of PNGs; mask: PNG(s), white = known pixel; strength in [0, 1].
+    # Text conditioning on a captioned data set (shapes): encoder none | bytes (a small
+    # transformer trained with the model) | precomputed (embeddings: an .npz of 'captions' and
+    # 'embeddings'); the model's attention blocks attend to the encoded caption.
+    c.text = ml_collections.ConfigDict(dict(encoder="none", width=64, num_layers=2, num_heads=4,
+                                            embeddings=""))
+    # Latent diffusion: with autoencoder_workdir (a run of configs/autoencoder/), the method
+    # trains and samples on that frozen autoencoder's latents; scale_examples training images
+    # set the latent scale; cache_dir: encode the training set once to an .npy there.
+    c.latent = ml_collections.ConfigDict(dict(autoencoder_workdir="", cache_dir="",
+                                              scale_examples=512))
     c.edit = ml_collections.ConfigDict(dict(task="none", input="", mask="", strength=0.5))
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,

@@ -12,14 +12,21 @@ from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.losses import consistency as consistency_objectives
 from diffusion_jax.methods import consistency, ddpm, score_sde
+from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
+from diffusion_jax.methods.latent import LatentDiffusion
+from diffusion_jax.models.autoencoder import AutoencoderKL
+from diffusion_jax.models.dit import DiT
 from diffusion_jax.models.ncsnpp import NCSNpp
+from diffusion_jax.models.text_encoder import (ByteTextEncoder, PrecomputedTextEncoder,
+                                               TextConditioned, load_embedding_table)
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.processes import parameterization, schedules, sde as sdes
 from diffusion_jax.samplers import edm as edm_samplers, ode, pc
 
-MODELS = {"unet": UNet, "ncsnpp": NCSNpp}
+MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL}
+TEXT_ENCODERS = ("bytes", "precomputed")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NOT_CONFIGURABLE = {"parent", "name", "out_channels", "num_classes"}
 
@@ -32,6 +39,38 @@ def dataset_spec(config) -> DatasetSpec:
 def num_classes(config) -> int:
     """Classes the model is conditioned on: 0 unless `model.class_conditional`."""
     return dataset_spec(config).num_classes if config.model.get("class_conditional", False) else 0
+
+
+def caption_length(config) -> int:
+    """Caption tokens the model is conditioned on: 0 unless `text.encoder` is not 'none'."""
+    t = config.get("text")
+    if t is None or t.encoder == "none":
+        return 0
+    choose("text encoder (text.encoder)", t.encoder, TEXT_ENCODERS)
+    length = dataset_spec(config).caption_length
+    if not length:
+        raise ConfigError(f"text.encoder={t.encoder!r} needs a captioned data set (shapes); "
+                          f"{config.data.dataset!r} has no captions")
+    if config.model.get("class_conditional", False):
+        raise ConfigError("model.class_conditional and text.encoder exclude each other")
+    if config.data.random_flip:
+        raise ConfigError("data.random_flip would swap left and right against the captions; "
+                          "set it to False")
+    return length
+
+
+def build_text_encoder(config, dtype):
+    """The caption encoder of `text.encoder`: 'bytes' (a transformer trained with the model) or
+    'precomputed' (embeddings looked up in the file `text.embeddings`)."""
+    t, length = config.text, caption_length(config)
+    if t.encoder == "bytes":
+        return ByteTextEncoder(width=t.width, num_layers=t.num_layers, num_heads=t.num_heads,
+                               max_length=length, dtype=dtype)
+    if not t.embeddings:
+        raise ConfigError("text.encoder='precomputed' needs text.embeddings (an .npz with "
+                          "'captions' and 'embeddings')")
+    load_embedding_table(t.embeddings, length)  # a one-line error now if the file is bad
+    return PrecomputedTextEncoder(file=t.embeddings, width=t.width, max_length=length, dtype=dtype)
 
 
 def build_mesh(config):
@@ -61,10 +100,25 @@ def build_model(config):
             choose("model.dtype", value, DTYPES)
             value = DTYPES[value]
         kwargs[key] = tuple(value) if isinstance(value, list) else value
-    return module(num_classes=num_classes(config), **kwargs)
+    length = caption_length(config)
+    if "num_classes" not in {f.name for f in dataclasses.fields(module)}:
+        if num_classes(config) or length:
+            raise ConfigError(f"model {cfg.name!r} takes no condition (model.class_conditional, "
+                              f"text.encoder)")
+        return module(**kwargs)
+    if not length:
+        if kwargs.get("cross_attention"):
+            raise ConfigError("model.cross_attention needs a text encoder (text.encoder)")
+        return module(num_classes=num_classes(config), **kwargs)
+    if "cross_attention" not in fields:
+        raise ConfigError(f"model {cfg.name!r} has no cross-attention for text.encoder; use "
+                          f"unet or dit")
+    backbone = module(num_classes=0, **{**kwargs, "cross_attention": True})
+    return TextConditioned(backbone=backbone, encoder=build_text_encoder(config, backbone.dtype),
+                           caption_length=length)
 
 
-def build_ddpm(config, model):
+def build_ddpm(config, model, image_shape):
     d = config.diffusion
     choose("beta schedule (diffusion.schedule)", d.schedule, schedules.BETA_SCHEDULES)
     choose("prediction target (diffusion.prediction)", d.prediction,
@@ -72,19 +126,25 @@ def build_ddpm(config, model):
     kwargs = ({"beta_start": d.beta_start, "beta_end": d.beta_end} if d.schedule == "linear"
               else {})
     return DDPM(model=model, schedule=schedules.make_schedule(d.schedule, d.num_timesteps, **kwargs),
-                image_shape=dataset_spec(config).image_shape, prediction=d.prediction,
-                num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0))
+                image_shape=image_shape, prediction=d.prediction,
+                num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0),
+                caption_length=caption_length(config))
 
 
-def build_edm(config, model):
+def build_edm(config, model, image_shape):
     """EDM (Karras et al. 2022) around `model`, which gets c_noise of `edm.precond` as noise input."""
     e = config.edm
     choose("preconditioning (edm.precond)", e.precond, PRECONDITIONINGS)
-    if config.sampling.get("guidance_scale", 1.0) != 1.0 and not num_classes(config):
-        raise ConfigError("sampling.guidance_scale != 1 needs model.class_conditional=True")
-    return EDM(model=model, image_shape=dataset_spec(config).image_shape,
+    if (config.sampling.get("guidance_scale", 1.0) != 1.0 and not num_classes(config)
+            and not caption_length(config)):
+        raise ConfigError("sampling.guidance_scale != 1 needs model.class_conditional=True or "
+                          "a text encoder (text.encoder)")
+    if config.sampling.get("negative_prompt", "") and not caption_length(config):
+        raise ConfigError("sampling.negative_prompt needs a text-conditional model (text.encoder)")
+    return EDM(model=model, image_shape=image_shape,
                num_classes=num_classes(config), label_dropout=e.label_dropout,
-               sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond)
+               sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond,
+               caption_length=caption_length(config))
 
 
 def build_sde(config) -> sdes.SDE:
@@ -96,7 +156,7 @@ def build_sde(config) -> sdes.SDE:
     return sdes.SDES[s.name](beta_min=s.beta_min, beta_max=s.beta_max, N=s.N)
 
 
-def build_score_sde(config, model):
+def build_score_sde(config, model, image_shape):
     """Score SDE (Song et al. 2021): `model` is the score network on `build_sde(config)`."""
     s = config.sde
     choose("loss reduction (sde.reduce)", s.reduce, ("mean", "sum"))
@@ -110,11 +170,26 @@ def build_score_sde(config, model):
            {**ode.ADAPTIVE, **ode.FIXED_STAGES})
     spec = dataset_spec(config)
     return score_sde.ScoreSDE(
-        model=model, sde=build_sde(config), image_shape=spec.image_shape,
+        model=model, sde=build_sde(config), image_shape=image_shape,
         num_classes=num_classes(config), label_dropout=s.label_dropout,
         num_levels=spec.num_levels, train_eps=s.train_eps,
         likelihood_weighting=s.likelihood_weighting,
-        importance_weighting=s.importance_weighting, reduce=s.reduce)
+        importance_weighting=s.importance_weighting, reduce=s.reduce,
+        caption_length=caption_length(config))
+
+
+def build_autoencoder(config, model, image_shape=None):
+    """The KL autoencoder of latent diffusion (`methods.autoencoder`), decoding to the data's
+    channels."""
+    a = config.autoencoder
+    shape = dataset_spec(config).image_shape
+    if config.get("latent") is not None and config.latent.autoencoder_workdir:
+        raise ConfigError("method 'autoencoder' does not run in latent space; "
+                          "latent.autoencoder_workdir must be empty")
+    return Autoencoder(model=model.clone(out_channels=shape[-1]), image_shape=shape,
+                       kl_weight=a.kl_weight, perceptual_weight=a.perceptual_weight,
+                       reconstruction=a.reconstruction, perceptual=a.perceptual,
+                       lpips_weights=a.lpips_weights)
 
 
 def build_teacher(workdir: str, student_config):
@@ -137,7 +212,7 @@ def build_teacher(workdir: str, student_config):
     return teacher
 
 
-def build_consistency(config, model):
+def build_consistency(config, model, image_shape):
     """Consistency model (Song et al. 2023) on `model`: CD from `training.teacher_checkpoint`,
     CT or improved CT, as `consistency.training_mode` says."""
     c = config.consistency
@@ -153,7 +228,7 @@ def build_consistency(config, model):
     if c.init_from_teacher and not distill:
         raise ConfigError("consistency.init_from_teacher needs consistency.training_mode=cd")
     return consistency.Consistency(
-        model=model, image_shape=dataset_spec(config).image_shape,
+        model=model, image_shape=image_shape,
         num_classes=num_classes(config), training_mode=c.training_mode,
         sigma_data=c.sigma_data, sigma_min=c.sigma_min, sigma_max=c.sigma_max, rho=c.rho,
         distance=c.distance, huber_c=c.huber_c, weighting=c.weighting, num_scales=c.num_scales,
@@ -166,19 +241,53 @@ def build_consistency(config, model):
 
 
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
-           "consistency": build_consistency}
+           "consistency": build_consistency, "autoencoder": build_autoencoder}
 SAMPLERS = {"ddpm": ddpm.SAMPLERS, "edm": FAST_SAMPLERS, "score_sde": score_sde.SAMPLERS,
-            "consistency": consistency.SAMPLERS}
+            "consistency": consistency.SAMPLERS, "autoencoder": ("prior",)}
 
 
 def build_method(config):
-    """The method (loss + samplers) named by `config.method` around the configured network."""
+    """The method (loss + samplers) named by `config.method` around the configured network;
+    with `latent.autoencoder_workdir`, that method on the autoencoder's latents
+    (`methods.latent.LatentDiffusion`)."""
     choose("method", config.method, METHODS)
-    dataset_spec(config)
-    method = METHODS[config.method](config, build_model(config))
+    spec = dataset_spec(config)
+    latent = config.get("latent")
+    if latent is None or not latent.autoencoder_workdir or config.method == "autoencoder":
+        method = METHODS[config.method](config, build_model(config), spec.image_shape)
+    else:
+        method = build_latent(config, latent)
     choose(f"sampler (sampling.method) for method {config.method!r}", config.sampling.method,
            SAMPLERS[config.method])
     return method
+
+
+def build_latent(config, latent) -> LatentDiffusion:
+    """`config.method` on the latents of the autoencoder trained in `latent.autoencoder_workdir`
+    (its network and data set are read from the config.json there)."""
+    from diffusion_jax import workdir as workdir_io
+
+    try:
+        ae_config = workdir_io.read_config(latent.autoencoder_workdir)
+    except ConfigError:
+        raise ConfigError(f"latent.autoencoder_workdir {latent.autoencoder_workdir!r} has no "
+                          f"config.json: train an autoencoder there (configs/autoencoder/)"
+                          ) from None
+    if ae_config.get("method") != "autoencoder":
+        raise ConfigError(f"latent.autoencoder_workdir {latent.autoencoder_workdir!r} holds a "
+                          f"{ae_config.get('method')!r} run, not an autoencoder")
+    if ae_config.data.dataset != config.data.dataset:
+        raise ConfigError(f"the autoencoder was trained on {ae_config.data.dataset!r}, this "
+                          f"config uses {config.data.dataset!r}")
+    if latent.cache_dir and config.data.random_flip:
+        raise ConfigError("latent.cache_dir stores unflipped latents; set data.random_flip=False")
+    autoencoder = build_autoencoder(ae_config, build_model(ae_config))
+    inner = METHODS[config.method](config, build_model(config), autoencoder.latent_shape)
+    return LatentDiffusion(inner=inner, autoencoder=autoencoder,
+                           autoencoder_workdir=latent.autoencoder_workdir,
+                           dataset=config.data.dataset,
+                           data_dir=config.data.data_dir, scale_examples=latent.scale_examples,
+                           cache_dir=latent.cache_dir)
 
 
 def sampler_kwargs(config) -> dict:

@@ -57,3 +57,17 @@ def drop_labels(rng: jax.Array, labels: jax.Array, p: float, null_label) -> jax.
     """Training-time condition dropout: each label becomes `null_label` with probability p."""
     drop = jax.random.bernoulli(rng, p, labels.shape[:1])
     return jnp.where(expand(drop, labels), jnp.asarray(null_label, labels.dtype), labels)
+
+
+def example_condition(num_classes: int, caption_length: int = 0, batch: int = 1):
+    """A condition of the right shape for initialising a network: (batch,) labels,
+    (batch, caption_length) caption tokens, or None for an unconditional model."""
+    if caption_length:
+        return jnp.zeros((batch, caption_length), jnp.int32)
+    return jnp.zeros((batch,), jnp.int32) if num_classes else None
+
+
+def null_condition(num_classes: int, caption_length: int = 0):
+    """The unconditional branch: the null label `num_classes`, or for captions the empty caption
+    (every token PAD = 0, `diffusion_jax.text`), broadcast over the condition's shape."""
+    return 0 if caption_length else num_classes

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import builders, edit_inputs, parallel, sampling, workdir as workdir_io
+from diffusion_jax import builders, edit_inputs, parallel, sampling, text, workdir as workdir_io
+from diffusion_jax.data.datasets import open_dataset
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.flops import count_flops
 from diffusion_jax.models.unet import count_params
@@ -16,11 +17,20 @@ from diffusion_jax.models.unet import count_params
 MODES = ("train", "sample", "eval", "info")
 
 
-def run(config, workdir: str, mode: str, train_workdir: str | None = None) -> int:
+def run(config, workdir: str, mode: str, train_workdir: str | None = None, prompt: str = "",
+        negative_prompt: str = "") -> int:
     """Run one mode; returns the process exit status. Sample and eval restore the newest
     checkpoint of `train_workdir` (default `workdir`) and write to `workdir`, so several
-    evaluations of one training run (an experiment's members) keep their own outputs."""
+    evaluations of one training run (an experiment's members) keep their own outputs.
+    `prompt` / `negative_prompt`: sample mode of a text-conditional model generates images of
+    that caption, guided away from the negative one."""
     choose("mode", mode, MODES)
+    if prompt or negative_prompt:
+        if mode != "sample":
+            raise ConfigError("--prompt and --negative_prompt are options of --mode=sample")
+        if not builders.caption_length(config):
+            raise ConfigError("--prompt and --negative_prompt need a text-conditional model "
+                              "(text.encoder 'bytes' or 'precomputed'; see configs/text/)")
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir",
                           os.path.expanduser(config.compilation_cache_dir))
@@ -51,25 +61,49 @@ def run(config, workdir: str, mode: str, train_workdir: str | None = None) -> in
     if mode == "sample":
         if config.edit.task != "none":
             return _edit(config, workdir, mesh, method, state)
-        return _sample(config, workdir, mesh, method, state)
+        return _sample(config, workdir, mesh, method, state, prompt, negative_prompt)
     from diffusion_jax.evaluation.runner import evaluate
 
     return evaluate(config, workdir, mesh, method, state)
 
 
-def _sample(config, workdir, mesh, method, state) -> int:
+def _sample(config, workdir, mesh, method, state, prompt: str = "",
+            negative_prompt: str = "") -> int:
     s = config.sampling
     params = state.ema_params if s.use_ema else state.params
     options = sampling.sampler_options(method, s)
+    if negative_prompt:
+        if "negative_prompt" not in options:
+            raise ConfigError(f"--negative_prompt needs a method with guidance (edm); "
+                              f"{config.method!r} has none")
+        options["negative_prompt"] = negative_prompt
     batch = _fit_batch(s.batch_size, mesh)
+    conditions = caption_conditions(config, s.num_samples, prompt)
     images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples, batch,
-                               mesh, options, aux=state.aux)
+                               mesh, options, aux=state.aux, conditions=conditions)
     if jax.process_index() == 0:
-        labels = sampling.class_labels(len(images), method.num_classes)
-        png = sampling.save_samples(os.path.join(workdir, "samples"),
-                                    f"step_{int(state.step)}", images, labels)
+        labels = (sampling.class_labels(len(images), method.num_classes) if conditions is None
+                  else conditions)
+        name = f"step_{int(state.step)}" + ("_prompt" if prompt else "")
+        png = sampling.save_samples(os.path.join(workdir, "samples"), name, images, labels,
+                                    captions=None if conditions is None else
+                                    [text.detokenize(c) for c in conditions])
         print(f"wrote {len(images)} samples to {png}", flush=True)
     return 0
+
+
+def caption_conditions(config, num: int, prompt: str = ""):
+    """The caption tokens (num, L) to sample a text-conditional model with: `prompt` for every
+    image, or else the captions of the test split in order (None without text conditioning)."""
+    length = builders.caption_length(config)
+    if not length:
+        return None
+    if prompt:
+        return np.repeat(text.tokenize(prompt, length)[None], num, axis=0)
+    _, source, decode = open_dataset(config.data.dataset, "test",
+                                     data_dir=config.data.data_dir or None,
+                                     download=config.data.download)
+    return np.stack([decode(source[i % len(source)])[1] for i in range(num)])
 
 
 def _edit(config, workdir, mesh, method, state) -> int:
@@ -112,7 +146,10 @@ def info(config) -> int:
 def forward_flops(method, params) -> int:
     """FLOPs of one network evaluation on one example (matrix products and convolutions,
     multiply-add = 2; diffusion_jax.flops)."""
-    x = jax.ShapeDtypeStruct((1,) + tuple(method.image_shape), jnp.float32)
+    shape = getattr(method, "network_shape", method.image_shape)  # latent diffusion: latents
+    x = jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
     cond = jax.ShapeDtypeStruct((1,), jnp.int32) if method.num_classes else None
+    if getattr(method, "caption_length", 0):
+        cond = jax.ShapeDtypeStruct((1, method.caption_length), jnp.int32)
     return count_flops(lambda p, x, t, c: method.apply(p, x, t, c), params, x, t, cond)

@@ -32,31 +32,41 @@ def sampler_options(method, sampling_config) -> dict:
     return options
 
 
+def noise_shape(method) -> tuple:
+    """The shape of one example of a method's initial noise: `method.latent_shape` for methods
+    that sample in another space than their images (latent diffusion), else `image_shape`."""
+    return tuple(getattr(method, "latent_shape", None) or method.image_shape)
+
+
 def make_sample_fn(method, mesh, options: dict, batch_size: int):
-    """jit(params, aux, rng, label_offset) -> (a batch of images split over the mesh's data axis,
-    {statistic: scalar}).
+    """jit(params, aux, rng, label_offset, conditions=None) -> (a batch of images split over
+    the mesh's data axis, {statistic: scalar}).
 
     A method's `sample` returns images, or (images, statistics) such as {"nfe": network
     evaluations} when it counts them (an adaptive ODE solver's count depends on the batch).
-    The initial noise and the class labels ((offset + i) mod num_classes) are made inside the
-    program, laid out over the devices, so no host array is fed to it (multi-host safe). `aux`
-    is the train state's aux, passed on to a method that keeps aux state.
+    The initial noise (of `noise_shape(method)`) and the class labels ((offset + i) mod
+    num_classes) are made inside the program, laid out over the devices, so no host array is
+    fed to it (multi-host safe). `conditions`, when given, is the batch's condition (e.g.
+    caption tokens (B, L)), the same host array on every process. `aux` is the train state's
+    aux, passed on to a method that keeps aux state.
     """
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    shape = (batch_size,) + tuple(method.image_shape)
+    shape = (batch_size,) + noise_shape(method)
 
-    def sample(params, aux, rng, label_offset):
+    def sample(params, aux, rng, label_offset, conditions=None):
         noise_rng, sample_rng = jax.random.split(rng)
         x_init = jax.lax.with_sharding_constraint(jax.random.normal(noise_rng, shape), shard)
         cond = None
-        if method.num_classes:
+        if conditions is not None:
+            cond = jax.lax.with_sharding_constraint(conditions, shard)
+        elif method.num_classes:
             cond = (jnp.arange(batch_size) + label_offset) % method.num_classes
             cond = jax.lax.with_sharding_constraint(cond.astype(jnp.int32), shard)
         out = method.sample(params, sample_rng, x_init, cond, **aux_kwargs(method, aux), **options)
         return out if isinstance(out, tuple) else (out, {})
 
     # params keep their layout (replicated, or FSDP-sharded: XLA gathers them where used)
-    return jax.jit(sample, in_shardings=(None, None, rep, rep), out_shardings=(shard, rep))
+    return jax.jit(sample, in_shardings=(None, None, rep, rep, rep), out_shardings=(shard, rep))
 
 
 def class_labels(num: int, num_classes: int, offset: int = 0):
@@ -67,13 +77,14 @@ def class_labels(num: int, num_classes: int, offset: int = 0):
 
 
 def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict,
-             start_batch: int = 0, on_batch=None, aux=None) -> np.ndarray:
+             start_batch: int = 0, on_batch=None, aux=None, conditions=None) -> np.ndarray:
     """`num` images in batches of `batch_size` (a multiple of the device count).
 
-    Batch b uses fold_in(rng, b) and class labels continuing from b * batch_size, so a resumed
-    generation (`start_batch`) draws the same images. `on_batch(b, images, labels, statistics)`
-    is called after each batch (to save it); the concatenated images of the batches run are
-    returned. `aux`: the train state's aux, for a method that keeps aux state.
+    Batch b uses fold_in(rng, b) and class labels continuing from b * batch_size, or rows
+    b * batch_size, ... of `conditions` (a host array (num, ...), e.g. caption tokens), so a
+    resumed generation (`start_batch`) draws the same images. `on_batch(b, images, labels,
+    statistics)` is called after each batch (to save it); the concatenated images of the
+    batches run are returned. `aux`: the train state's aux, for a method that keeps aux state.
     """
     ndev = mesh.devices.size
     if batch_size % ndev:
@@ -82,11 +93,16 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict
     fn = make_sample_fn(method, mesh, options, batch_size)
     out = []
     for b in range(start_batch, -(-num // batch_size)):
+        batch_conditions = None
+        if conditions is not None:
+            rows = np.minimum(np.arange(b * batch_size, (b + 1) * batch_size), num - 1)
+            batch_conditions = np.asarray(conditions)[rows]  # the last batch padded
         imgs, stats = fn(params, {} if aux is None else aux, jax.random.fold_in(rng, b),
-                         b * batch_size)
+                         b * batch_size, batch_conditions)
         imgs = parallel.to_host(imgs)[:min(batch_size, num - b * batch_size)]
         if on_batch is not None:
-            labels = class_labels(batch_size, method.num_classes, b * batch_size)
+            labels = (class_labels(batch_size, method.num_classes, b * batch_size)
+                      if batch_conditions is None else batch_conditions)
             on_batch(b, imgs, None if labels is None else labels[:len(imgs)],
                      {k: float(v) for k, v in stats.items()})
         out.append(imgs)
@@ -95,13 +111,17 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict
     return np.concatenate(out)
 
 
-def save_samples(directory: str, name: str, images: np.ndarray, labels=None) -> str:
-    """`name.png` (grid, small images enlarged) and `name.npz` (raw images, labels) in directory."""
+def save_samples(directory: str, name: str, images: np.ndarray, labels=None,
+                 captions=None) -> str:
+    """`name.png` (grid, small images enlarged) and `name.npz` (raw images, labels, and the
+    captions of a text-conditional model) in directory."""
     os.makedirs(directory, exist_ok=True)
     upscale = max(1, 64 // images.shape[1])
     png = os.path.join(directory, f"{name}.png")
     image_io.save_grid(png, images[:256], upscale=upscale)
     arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
+    if captions is not None:
+        arrays["captions"] = np.asarray(captions)
     np.savez_compressed(os.path.join(directory, f"{name}.npz"), **arrays)
     return png
 

@@ -1,7 +1,9 @@
 """Data sets by name: their image shape, class count and how an example becomes an image.
 
 Every data set yields images as float32 NHWC in [-1, 1] and int32 labels. `digits` is embedded
-(scikit-learn); the others are TFDS data sets read without TensorFlow.
+(scikit-learn) and `shapes` generated (`shapes.py`); the others are TFDS data sets read without
+TensorFlow. A captioned data set (`caption_length` > 0) yields its captions' byte tokens
+(`diffusion_jax.text`, shape (caption_length,)) as the label.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from diffusion_jax.data import digits
+from diffusion_jax.data import digits, shapes
 from diffusion_jax.errors import DataError
 
 
@@ -21,10 +23,12 @@ class DatasetSpec:
     num_levels: int  # quantisation levels of a pixel, for dequantisation and bits/dim
     tfds_name: Optional[str] = None
     crop: Optional[int] = None  # centre crop before resizing (CelebA: 140)
+    caption_length: int = 0  # > 0: labels are caption tokens of this length
 
 
 DATASETS = {
     "digits": DatasetSpec((8, 8, 1), 10, digits.NUM_LEVELS),
+    "shapes": DatasetSpec(shapes.IMAGE_SHAPE, 0, 256, caption_length=shapes.CAPTION_LENGTH),
     "mnist": DatasetSpec((28, 28, 1), 10, 256, "mnist"),
     "fashion_mnist": DatasetSpec((28, 28, 1), 10, 256, "fashion_mnist"),
     "cifar10": DatasetSpec((32, 32, 3), 10, 256, "cifar10"),
@@ -70,6 +74,9 @@ def open_dataset(name: str, split: str, *, data_dir: Optional[str] = None,
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; valid: {', '.join(sorted(DATASETS))}")
     spec = DATASETS[name]
+    if name == "shapes":
+        images, tokens, _ = shapes.load_shapes(split)
+        return spec, ArraySource(images, tokens), _identity_example
     if spec.tfds_name is None:
         return spec, ArraySource(*digits.load_digits_arrays(split)), _identity_example
     from diffusion_jax.data.tfds_source import open_source
@@ -84,4 +91,4 @@ def open_dataset(name: str, split: str, *, data_dir: Optional[str] = None,
 
 
 def _identity_example(example):
-    return example["image"], np.int32(example["label"])
+    return example["image"], np.asarray(example["label"], np.int32)

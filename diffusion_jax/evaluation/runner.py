@@ -97,6 +97,8 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
     if e.reference_stats and not os.path.exists(e.reference_stats):
         raise ConfigError(f"eval.reference_stats {e.reference_stats!r} does not exist")
     stats = load_statistics(e.reference_stats) if e.reference_stats else None
+    if config.data.dataset == "shapes":
+        return shapes_caption_metrics(samples)
     if config.data.dataset == "digits":
         from diffusion_jax.evaluation.digits_features import digits_feature_fn
 
@@ -113,6 +115,43 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
     return feature_metrics(inception_feature_fn(e.inception_weights, batch(200), mesh), samples,
                            _reference_images(config, e.num_reference), reference_stats=stats,
                            stats_path=stats_path)
+
+
+def test_reconstruction_error(config, mesh, method, params) -> dict:
+    """Mean squared error per pixel of an autoencoder's reconstructions of the first
+    `eval.num_reference` test images (in [-1, 1]), batches split over the mesh."""
+    from diffusion_jax import parallel
+
+    _, source, decode = open_dataset(config.data.dataset, "test",
+                                     data_dir=config.data.data_dir or None,
+                                     download=config.data.download)
+    n = min(config.eval.num_reference, len(source))
+    ndev, nproc = mesh.devices.size, jax.process_count()
+    batch = -(-min(500, n) // ndev) * ndev
+    shard = parallel.batch_sharded(mesh)
+    fn = jax.jit(lambda p, x: jax.numpy.mean(jax.numpy.square(method.reconstruct(p, x) - x),
+                                             axis=(1, 2, 3)), in_shardings=(None, shard),
+                 out_shardings=shard)
+    errors = []
+    for b in range(-(-n // batch)):
+        images = np.stack([decode(source[min(b * batch + i, n - 1)])[0] for i in range(batch)])
+        per_process = batch // nproc
+        local = images[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+        errors.append(parallel.to_host(fn(params, parallel.global_batch(local, mesh)))[
+            :n - b * batch])
+    return {"reconstruction_mse": float(np.concatenate(errors).mean())}
+
+
+def shapes_caption_metrics(samples: np.ndarray) -> dict:
+    """How often samples drawn for the test captions of `shapes` (in order, as `evaluate` draws
+    them) have the caption's colour and place, by the data set's detectors."""
+    from diffusion_jax.data import shapes
+
+    captions = shapes.load_shapes("test")[2]
+    captions = [captions[i % len(captions)] for i in range(len(samples))]
+    colour, position = shapes.attributes(captions)
+    return {"shapes_colour_accuracy": float(np.mean(shapes.colour_of(samples) == colour)),
+            "shapes_position_accuracy": float(np.mean(shapes.position_of(samples) == position))}
 
 
 def test_bits_per_dim(config, mesh, method, params) -> dict:
@@ -166,13 +205,18 @@ def evaluate(config, workdir: str, mesh, method, state) -> int:
                     arrays["labels"] = labels
                 np.savez(os.path.join(directory, f"batch_{b:05d}.npz"), **arrays)
 
+        from diffusion_jax.launcher import caption_conditions
+
         sampling.generate(method, params, jax.random.PRNGKey(s.seed + 1000), e.num_samples,
                           batch, mesh, sampling.sampler_options(method, s), start_batch=done,
-                          on_batch=save, aux=state.aux)
+                          on_batch=save, aux=state.aux,
+                          conditions=caption_conditions(config, e.num_samples))
     samples, sampler_stats = _load_batches(directory, num_batches)
     samples = samples[:e.num_samples]
     metrics = dataset_metrics(config, samples, directory, mesh)
     metrics.update(sampler_stats, num_samples=len(samples))
+    if hasattr(method, "reconstruct"):
+        metrics.update(test_reconstruction_error(config, mesh, method, params))
     if e.bpd_num_examples and hasattr(method, "bits_per_dim"):
         metrics.update(test_bits_per_dim(config, mesh, method, params))
     if jax.process_index() == 0:

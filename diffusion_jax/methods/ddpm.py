@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import denoisers
+from diffusion_jax import denoisers, guidance
 from diffusion_jax.methods import edm
 from diffusion_jax.processes import parameterization
 from diffusion_jax.processes.schedules import DiscreteSchedule
@@ -51,10 +51,11 @@ class DDPM:
     prediction: str = "epsilon"
     num_classes: int = 0
     label_dropout: float = 0.0
+    caption_length: int = 0  # > 0: conditioned on (B, caption_length) caption tokens
 
     def init_params(self, rng: jax.Array):
         x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
-        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        cond = guidance.example_condition(self.num_classes, self.caption_length)
         return jax.jit(self.model.init)(rng, x, jnp.zeros((1,)), cond)["params"]
 
     def apply(self, params, x, t, cond=None, *, train: bool = False, rng=None):
@@ -76,6 +77,9 @@ class DDPM:
         return loss, {}
 
     def _train_labels(self, batch, rng):
+        if self.caption_length:  # a dropped caption becomes the empty caption
+            return guidance.drop_labels(rng, batch["label"], self.label_dropout,
+                                        guidance.null_condition(0, self.caption_length))
         if not self.num_classes:
             return None
         return drop_labels(rng, batch["label"], self.label_dropout, self.num_classes)

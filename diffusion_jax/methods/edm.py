@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import denoisers, guidance, preconditioning
+from diffusion_jax import denoisers, guidance, preconditioning, text
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.losses.edm import edm_loss
 from diffusion_jax.processes import schedules
@@ -143,6 +143,7 @@ class EDM:
     P_mean: float = -1.2
     P_std: float = 1.2
     precond: str = "edm"
+    caption_length: int = 0  # > 0: conditioned on (B, caption_length) caption tokens
 
     @functools.cached_property
     def scheme(self) -> Callable:
@@ -151,7 +152,7 @@ class EDM:
 
     def init_params(self, rng: jax.Array):
         x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
-        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        cond = guidance.example_condition(self.num_classes, self.caption_length)
         return jax.jit(self.model.init)(rng, x, jnp.zeros((1,)), cond)["params"]
 
     def apply(self, params, x, c_noise, cond=None, *, train: bool = False, rng=None):
@@ -174,9 +175,10 @@ class EDM:
         ln sigma ~ N(P_mean, P_std^2), lambda = (sigma^2 + sd^2) / (sigma sd)^2 (Table 1)."""
         loss_rng, dropout_rng, label_rng = jax.random.split(rng, 3)
         cond = None
-        if self.num_classes:
+        if self.num_classes or self.caption_length:  # a dropped caption is the empty caption
             cond = guidance.drop_labels(label_rng, batch["label"], self.label_dropout,
-                                        self.num_classes)
+                                        guidance.null_condition(self.num_classes,
+                                                                self.caption_length))
         per_example = edm_loss(
             self.conditional_denoiser(params, train=True, rng=dropout_rng), batch["image"],
             loss_rng, cond,
@@ -192,19 +194,22 @@ class EDM:
                S_max: float = math.inf, S_noise: float = 1.0, eta: float = 1.0, order: int = 3,
                spacing: str = "logsnr", guidance_scale: float = 1.0,
                guidance_sigma_lo: float = 0.0, guidance_sigma_hi: float = math.inf,
-               negative_label: int = -1):
+               negative_label: int = -1, negative_prompt: str = ""):
         """Images from standard-normal `x_init` by `fast_sample`.
 
         With labels `cond` and guidance_scale w != 1: classifier-free guidance D_u + w (D_c - D_u)
         in one batched network call, where D_u has the null label num_classes, or
         `negative_label` when >= 0 (negative conditioning); only for sigma in
         [guidance_sigma_lo, guidance_sigma_hi] (Kynkaenniemi et al. 2024), D_c elsewhere.
+        A caption-conditional model (cond = caption tokens) guides away from the empty caption,
+        or from `negative_prompt` when it is not empty.
         """
         options = dict(method=method, num_steps=num_steps, sigma_min=sigma_min,
                        sigma_max=sigma_max, rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max,
                        S_noise=S_noise, eta=eta, order=order, spacing=spacing,
                        guidance_scale=guidance_scale, guidance_sigma_lo=guidance_sigma_lo,
-                       guidance_sigma_hi=guidance_sigma_hi, negative_label=negative_label)
+                       guidance_sigma_hi=guidance_sigma_hi, negative_label=negative_label,
+                       negative_prompt=negative_prompt)
         sigmas, sample_fn, D = self._sampler(params, cond, **options)
         return sample_fn(D, rng, x_init.shape, sigmas=sigmas, x_init=sigmas[0] * x_init,
                          cond=cond)
@@ -219,15 +224,19 @@ class EDM:
 
     def _sampler(self, params, cond, *, method, num_steps, sigma_min, sigma_max, rho, S_churn,
                  S_min, S_max, S_noise, eta, order, spacing, guidance_scale, guidance_sigma_lo,
-                 guidance_sigma_hi, negative_label):
+                 guidance_sigma_hi, negative_label, negative_prompt):
         """(sigma grid, grid sampler, denoiser D(x, sigma, cond)) for the sampling options."""
         D = self.conditional_denoiser(params)
         if guidance_scale != 1.0:
-            if not self.num_classes or cond is None:
-                raise ValueError("guidance_scale != 1 needs a class-conditional model and labels")
+            if not (self.num_classes or self.caption_length) or cond is None:
+                raise ValueError("guidance_scale != 1 needs a conditional model and conditions")
+            negative = None if negative_label < 0 else negative_label
+            if self.caption_length:
+                negative = (text.tokenize(negative_prompt, self.caption_length) if negative_prompt
+                            else None)
             D = guidance.classifier_free_guidance(
-                D, guidance_scale, self.num_classes,
-                negative_cond=None if negative_label < 0 else negative_label,
+                D, guidance_scale, guidance.null_condition(self.num_classes, self.caption_length),
+                negative_cond=negative,
                 sigma_lo=guidance_sigma_lo, sigma_hi=guidance_sigma_hi)
         sigmas = sampler_sigmas(method, num_steps, sigma_min, sigma_max, rho, spacing)
         sample_fn = grid_sampler(method, S_churn=S_churn, S_min=S_min, S_max=S_max,

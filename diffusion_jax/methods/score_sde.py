@@ -48,11 +48,12 @@ class ScoreSDE:
     likelihood_weighting: bool = False
     importance_weighting: bool = False
     reduce: str = "mean"
+    caption_length: int = 0  # > 0: conditioned on (B, caption_length) caption tokens
 
     def init_params(self, rng: jax.Array):
         x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
         t = self.sde.noise_conditioning(jnp.full((1,), 0.5))
-        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        cond = guidance.example_condition(self.num_classes, self.caption_length)
         return jax.jit(self.model.init)(rng, x, t, cond)["params"]
 
     def apply(self, params, x, t, cond=None, *, train: bool = False, rng=None):
@@ -85,9 +86,10 @@ class ScoreSDE:
         """Continuous-time denoising score matching (Eq. 7, `losses.dsm.dsm_loss`)."""
         loss_rng, dropout_rng, label_rng = jax.random.split(rng, 3)
         cond = None
-        if self.num_classes:
+        if self.num_classes or self.caption_length:
             cond = guidance.drop_labels(label_rng, batch["label"], self.label_dropout,
-                                        self.num_classes)
+                                        guidance.null_condition(self.num_classes,
+                                                                self.caption_length))
         score = self.score_fn(params, cond, train=True, rng=dropout_rng)
         loss = dsm_loss(score, self.sde, batch["image"], loss_rng, eps=self.train_eps,
                         likelihood_weighting=self.likelihood_weighting,

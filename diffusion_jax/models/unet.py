@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.models.attention import SpatialTransformer, masked_mean
 from diffusion_jax.models.layers import (AttnBlock, Downsample, ResnetBlock, Upsample,
                                          _groups, default_init, group_norm,
                                          rematerialized, sinusoidal_embedding, zero_init)
@@ -22,7 +23,11 @@ class UNet(nn.Module):
     """DDPM U-Net; `__call__(x, t, cond, train)` with x NHWC, t (B,) timesteps, cond (B,) labels.
 
     `num_classes` > 0 adds a learned label embedding to the time embedding; label
-    `num_classes` is the null label used by classifier-free guidance.
+    `num_classes` is the null label used by classifier-free guidance. With `cross_attention`,
+    cond is a context {"context": (B, L, D), "mask": (B, L) bool} (e.g. from a text encoder,
+    `text_encoder.TextConditioned`): the attention blocks (at `attn_resolutions` and in the
+    middle) become `attention.SpatialTransformer`s that also attend to it, and its masked mean
+    joins the time embedding (Rombach et al. 2022, Sec. 3.3).
     """
 
     ch: int = 128
@@ -35,6 +40,9 @@ class UNet(nn.Module):
     out_channels: Optional[int] = None
     dtype: Any = jnp.float32
     remat: bool = False  # recompute residual blocks' activations in the backward pass
+    cross_attention: bool = False
+    num_heads: int = 4  # heads of the cross-attention transformer blocks
+    transformer_depth: int = 1
 
     @nn.compact
     def __call__(self, x, t, cond=None, train: bool = False):
@@ -46,6 +54,19 @@ class UNet(nn.Module):
             if cond is None:
                 cond = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
             temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, name="label_emb")(cond)
+        context = mask = None
+        if self.cross_attention:
+            if cond is None:
+                raise ValueError("a cross-attention U-Net needs a context {'context', 'mask'}")
+            context, mask = cond["context"], cond["mask"]
+            temb = temb + nn.Dense(4 * self.ch, dtype=self.dtype, kernel_init=default_init,
+                                   name="context_emb")(masked_mean(context, mask))
+
+        def attention(h):
+            if self.cross_attention:
+                return SpatialTransformer(self.num_heads, self.transformer_depth, self.dtype)(
+                    h, context, mask)
+            return AttnBlock(self.dtype)(h)
 
         block = lambda ch: rematerialized(ResnetBlock, self.remat)(ch, self.dropout, self.dtype)
         h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, kernel_init=default_init, name="conv_in")(x.astype(self.dtype))
@@ -54,21 +75,21 @@ class UNet(nn.Module):
             for _ in range(self.num_res_blocks):
                 h = block(self.ch * mult)(h, temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = AttnBlock(self.dtype)(h)
+                    h = attention(h)
                 skips.append(h)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(self.resamp_with_conv, self.dtype)(h)
                 skips.append(h)
 
         h = block(h.shape[-1])(h, temb, train)
-        h = AttnBlock(self.dtype)(h)
+        h = attention(h)
         h = block(h.shape[-1])(h, temb, train)
 
         for level, mult in reversed(list(enumerate(self.ch_mult))):
             for _ in range(self.num_res_blocks + 1):
                 h = block(self.ch * mult)(jnp.concatenate([h, skips.pop()], axis=-1), temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = AttnBlock(self.dtype)(h)
+                    h = attention(h)
             if level != 0:
                 h = Upsample(self.resamp_with_conv, self.dtype)(h)
         assert not skips

@@ -1,7 +1,8 @@
 """The generic training loop: data -> jitted step -> logs and checkpoints, with resume.
 
 It knows nothing about the method: it calls `method.init_params` and `method.loss`, and the
-optional aux-state hooks (`init_aux`, `load_aux`, `initial_params`, `update_aux`) where a method
+optional aux-state hooks (`init_aux`, `load_aux`, `initial_params`, `update_aux`) and
+`training_data` (a replacement for the training source, e.g. cached latents) where a method
 has them.
 """
 from __future__ import annotations
@@ -134,17 +135,20 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     _, source, decode = open_dataset(config.data.dataset, "train",
                                      data_dir=config.data.data_dir or None,
                                      download=config.data.download)
+    checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
+    abstract = abstract_state(method, optimizer, mesh)
+    loader_state = None
+    if checkpointer.latest_step() is not None:
+        state, loader_state = checkpointer.restore(abstract)
+    else:
+        state = initial_state(method, optimizer, t.seed, mesh)
+    if hasattr(method, "training_data"):  # e.g. latents encoded once to a cache (methods/latent.py)
+        source, decode = method.training_data(state.aux, source, decode)
     loader = BatchLoader(source, decode, global_batch=t.batch_size, seed=t.seed,
                          random_flip=config.data.random_flip,
                          process_index=jax.process_index(), process_count=jax.process_count())
-
-    checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
-    abstract = abstract_state(method, optimizer, mesh)
-    if checkpointer.latest_step() is not None:
-        state, loader_state = checkpointer.restore(abstract)
+    if loader_state is not None:
         loader.state = LoaderState.from_dict(loader_state)
-    else:
-        state = initial_state(method, optimizer, t.seed, mesh)
     step = int(state.step)
     is_main = jax.process_index() == 0
     log = workdir_io.MetricsLog(workdir, resume_step=step, enabled=is_main)

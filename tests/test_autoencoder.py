@@ -1,0 +1,101 @@
+"""The KL autoencoder: its posterior's KL term, shapes, and the method's loss terms."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import random_params
+
+from configs.autoencoder import digits as ae_digits
+from diffusion_jax import builders
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.models.autoencoder import DiagonalGaussian
+
+
+def _posterior(seed=0, shape=(3, 4, 4, 2)):
+    rng = np.random.default_rng(seed)
+    return DiagonalGaussian(jnp.asarray(rng.standard_normal(shape), jnp.float32),
+                            jnp.asarray(0.8 * rng.standard_normal(shape), jnp.float32))
+
+
+def test_kl_equals_the_closed_form_of_diagonal_gaussians():
+    q = _posterior()
+    mu, var = np.asarray(q.mean, np.float64), np.exp(np.asarray(q.logvar, np.float64))
+    # KL(N(mu, var) || N(0, 1)) per dimension = log(1 / sigma) + (var + mu^2) / 2 - 1 / 2
+    expected = (-0.5 * np.log(var) + 0.5 * (var + mu ** 2) - 0.5).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(jax.jit(DiagonalGaussian.kl)(q), expected, rtol=1e-5)
+
+
+def test_kl_matches_a_monte_carlo_estimate():
+    q = _posterior(seed=1, shape=(2, 2, 2, 2))
+    n = 200_000
+
+    @jax.jit
+    def monte_carlo(q):  # E_q[log q(z) - log p(z)] and its standard error
+        z = q.mean[None] + q.std[None] * jax.random.normal(jax.random.key(2), (n,) + q.mean.shape)
+        log_q = -0.5 * (((z - q.mean) / q.std) ** 2 + q.logvar + jnp.log(2 * jnp.pi))
+        log_p = -0.5 * (z ** 2 + jnp.log(2 * jnp.pi))
+        per_sample = jnp.sum(log_q - log_p, axis=(2, 3, 4))  # (n, B)
+        return per_sample.mean(0), per_sample.std(0) / np.sqrt(n), q.kl()
+
+    estimate, stderr, closed_form = monte_carlo(q)
+    assert np.all(np.abs(np.asarray(estimate - closed_form)) < 4 * np.asarray(stderr) + 1e-3)
+
+
+def test_posterior_samples_have_its_mean_and_std():
+    q = _posterior(seed=3, shape=(1, 2, 2, 1))
+    z = jax.jit(lambda q: jax.vmap(q.sample)(jax.random.split(jax.random.key(4), 20_000)))(q)
+    np.testing.assert_allclose(z.mean(0), q.mean, atol=4 * float(q.std.max()) / np.sqrt(20_000))
+    np.testing.assert_allclose(z.std(0), q.std, rtol=0.03)
+    np.testing.assert_array_equal(q.mode(), q.mean)
+
+
+def _tiny_method(**autoencoder):
+    config = ae_digits.get_config()
+    config.model.update(ch=8, attention=False)
+    config.autoencoder.update(autoencoder)
+    return builders.build_method(config)
+
+
+def test_shapes_loss_terms_and_decoded_prior_samples():
+    method = _tiny_method(kl_weight=0.5, perceptual_weight=2.0)
+    assert method.latent_shape == (4, 4, 2)
+    params = random_params(jax.eval_shape(method.init_params, jax.random.key(0)))
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32)
+
+    @jax.jit
+    def run(params):
+        batch = {"image": x, "label": jnp.zeros(4, jnp.int32)}
+        return (method.loss(params, batch, jax.random.key(2)), method.reconstruct(params, x),
+                method.sample(params, jax.random.key(3), jnp.zeros((2, 4, 4, 2))))
+
+    (loss, metrics), reconstruction, samples = run(params)
+    total = metrics["reconstruction"] + 0.5 * metrics["kl"] + 2.0 * metrics["perceptual"]
+    np.testing.assert_allclose(loss, total, rtol=1e-5)
+    assert reconstruction.shape == x.shape and samples.shape == (2, 8, 8, 1)
+
+
+def test_bad_autoencoder_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="reconstruction"):
+        _tiny_method(reconstruction="l3")
+    config = ae_digits.get_config()
+    config.model.class_conditional = True
+    with pytest.raises(ConfigError, match="no condition"):
+        builders.build_method(config)
+
+
+def test_lpips_perceptual_term_reads_its_weights_file(tmp_path):
+    from diffusion_jax.losses import lpips
+
+    with pytest.raises(ConfigError, match="autoencoder.lpips_weights"):
+        _tiny_method(perceptual_weight=1.0, perceptual="lpips", lpips_weights=str(tmp_path / "x"))
+    shapes = jax.eval_shape(lpips.LPIPS().init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                            jnp.zeros((1, 16, 16, 3)))["params"]
+    path = str(tmp_path / "lpips.npz")
+    lpips.save_lpips_params(path, jax.tree.map(lambda s: np.full(s.shape, 0.01, np.float32),
+                                               shapes))
+    method = _tiny_method(perceptual_weight=1.0, perceptual="lpips", lpips_weights=path)
+    params = jax.eval_shape(method.init_params, jax.random.key(0))
+    batch = {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros(2, jnp.int32)}
+    _, metrics = jax.eval_shape(method.loss, params, batch, jax.random.key(1))
+    assert metrics["perceptual"].shape == ()
