@@ -3,7 +3,7 @@ beside diffusers'.
 
     python benchmarks/train_throughput.py [--networks ddpm,score_sde_ddpmpp,edm_ddpmpp]
         [--dtypes float32,bfloat16] [--batch 128] [--steps 20] [--image_size 32] [--tiny]
-        [--compilation_cache_dir DIR]
+        [--steps_per_call 1,4] [--compilation_cache_dir DIR]
 
 Networks (`_common.NETWORKS`): `ddpm` = configs/ddpm/cifar10.py (U-Net, 35,746,307 params),
 `score_sde_ddpmpp` = configs/score_sde/cifar10_ddpmpp_continuous.py (DDPM++ cont.,
@@ -15,6 +15,8 @@ forward GFLOP per image, images/s (median over the timed steps, each blocked unt
 model FLOP utilisation MFU = images/s x 3 x forward FLOPs / ceiling, where the ceiling is a
 bf16 matrix product measured in the same run (8192^3 on a GPU), and compile s (the first step,
 compile included; with the persistent compilation cache a second launch loads it instead).
+`--steps_per_call 1,4` adds a row per value: that many steps scanned in one jitted call
+(`training.steps_per_call`), timed per call and divided by the count.
 When torch and diffusers are importable with CUDA, diffusers' UNet2DModel with the DDPM U-Net's
 configuration (`_diffusers.unet`) is timed in the same run (eager and torch.compile, tf32 and
 bf16 autocast) and the DDPM rows print their ratio to it. `--tiny` shrinks every network to a
@@ -45,17 +47,19 @@ from diffusion_jax.training.step import jit_train_step  # noqa: E402
 
 
 def time_ours(network: str, dtype: str, batch: int, steps: int, image_size: int,
-              tiny: bool = False):
-    """(images/s, forward FLOPs per image, params, compile s) of one network's training step."""
+              tiny: bool = False, steps_per_call: int = 1):
+    """(images/s, forward FLOPs per image, params, compile s) of one network's training step,
+    with `steps_per_call` steps scanned in each jitted call (`training.steps_per_call`)."""
     config = _common.network_config(network, dtype, image_size, tiny)
     method = _common.build_method(config, image_size)
     optimizer = make_optimizer(config.optim)
     mesh = parallel.make_mesh()
     state = initial_state(method, optimizer, 0, mesh)
-    step = jit_train_step(method, optimizer, 0.9999, mesh)
-    data = jax.random.normal(jax.random.PRNGKey(0), (batch, image_size, image_size, 3))
-    batch_arrays = jax.device_put({"image": data, "label": jnp.zeros((batch,), jnp.int32)},
-                                  parallel.batch_sharded(mesh))
+    step = jit_train_step(method, optimizer, 0.9999, mesh, steps_per_call=steps_per_call)
+    stack = (steps_per_call,) if steps_per_call > 1 else ()
+    data = jax.random.normal(jax.random.PRNGKey(0), stack + (batch, image_size, image_size, 3))
+    batch_arrays = jax.device_put({"image": data, "label": jnp.zeros(stack + (batch,), jnp.int32)},
+                                  parallel.batch_sharded(mesh, len(stack)))
     t0 = time.perf_counter()
     state, _ = step(state, batch_arrays)
     jax.block_until_ready(state)
@@ -69,7 +73,8 @@ def time_ours(network: str, dtype: str, batch: int, steps: int, image_size: int,
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     tt = jax.ShapeDtypeStruct((1,), jnp.float32)
     flops = count_flops(lambda p, x, t: method.apply(p, x, t), state.params, x, tt)
-    return batch / statistics.median(times), flops, count_params(state.params), compile_s
+    return (steps_per_call * batch / statistics.median(times), flops, count_params(state.params),
+            compile_s)
 
 
 def time_diffusers(batch: int, steps: int, image_size: int):
@@ -118,6 +123,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--steps_per_call", default="1",
+                        help="comma-separated: training steps scanned per jitted call (one row each)")
     parser.add_argument("--matmul", type=int, default=0, help="ceiling matmul size (0: auto)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny networks (16 channels, 1 block): CPU smoke runs only")
@@ -134,10 +141,12 @@ def main(argv=None):
     rows = []  # (network, params, flops, mode, images/s, compile s)
     for network in networks:
         for dtype in args.dtypes.split(","):
-            ips, flops, params, compile_s = time_ours(network, dtype, args.batch, args.steps,
-                                                      args.image_size, args.tiny)
-            rows.append((network, params, flops, f"diffusion_jax {dtype}", ips, compile_s))
-            print(f"  timed {network} {dtype}: {ips:,.1f} images/s", flush=True)
+            for k in map(int, args.steps_per_call.split(",")):
+                ips, flops, params, compile_s = time_ours(network, dtype, args.batch, args.steps,
+                                                          args.image_size, args.tiny, k)
+                mode = f"diffusion_jax {dtype}" + (f" {k} steps/call" if k > 1 else "")
+                rows.append((network, params, flops, mode, ips, compile_s))
+                print(f"  timed {network} {mode}: {ips:,.1f} images/s", flush=True)
         if network == "ddpm" and not args.tiny:
             for mode, ips in time_diffusers(args.batch, args.steps, args.image_size):
                 rows.append((network, params, flops, mode, ips, float("nan")))

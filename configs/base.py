@@ -13,7 +13,8 @@ def base_config() -> ml_collections.ConfigDict:
                                             random_flip=False))
     c.training = ml_collections.ConfigDict(dict(
         num_steps=1000, batch_size=128, checkpoint_every=1000, log_every=100, seed=0,
-        ema_decay=0.9999, max_checkpoints=3, sample_at_end=True, grad_accum_steps=1))
+        ema_decay=0.9999, max_checkpoints=3, sample_at_end=True, grad_accum_steps=1,
+        steps_per_call=1))
     c.optim = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, warmup_steps=5000,
                                              grad_clip=1.0, beta1=0.9, beta2=0.999, eps=1e-8,
                                              weight_decay=0.0))

@@ -53,9 +53,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """The first dimension split over every device of the mesh."""
-    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
+def batch_sharded(mesh: Mesh, leading: int = 0) -> NamedSharding:
+    """The batch dimension split over every device of the mesh: the first dimension, or the one
+    after `leading` unsplit axes (a stack of batches for several steps per call)."""
+    return NamedSharding(mesh, P(*([None] * leading), tuple(mesh.axis_names)))
 
 
 def fsdp_sharding(mesh: Mesh, shape: tuple) -> NamedSharding:
@@ -76,21 +77,23 @@ def state_shardings(mesh: Mesh, abstract_tree):
                         abstract_tree)
 
 
-def global_batch(local_arrays, mesh: Mesh):
-    """Assemble each process's local batch slices into global arrays sharded over `data`."""
-    sharding = batch_sharded(mesh)
+def global_batch(local_arrays, mesh: Mesh, leading: int = 0):
+    """Assemble each process's local batch slices into global arrays split over every device
+    along the batch dimension (after `leading` unsplit axes, see `batch_sharded`)."""
+    sharding = batch_sharded(mesh, leading)
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a),
                         local_arrays)
 
 
 def prefetch_to_device(items, mesh: Mesh, size: int = 2):
-    """Yields (`global_batch(b, mesh)`, tag) for each (process-local batch b, tag) of `items`,
-    keeping `size` batches already on their way to the devices, so the host->device copy of the
-    next batch overlaps the current step (transfers are asynchronous). The tag travels with its
-    batch (the training loop passes the data position after it, for checkpoints)."""
+    """Yields (`global_batch(b, mesh, leading)`, *tag) for each (process-local batch b,
+    leading, tag) of `items`, keeping `size` batches already on their way to the devices, so the
+    host->device copy of the next batch overlaps the current step (transfers are asynchronous).
+    The tag travels with its batch (the training loop passes the step count and the data
+    position after it, for checkpoints)."""
     queue = collections.deque()
-    for local, tag in items:
-        queue.append((global_batch(local, mesh), tag))
+    for local, leading, tag in items:
+        queue.append((global_batch(local, mesh, leading), *tag))
         if len(queue) == size:
             yield queue.popleft()
     while queue:

@@ -26,11 +26,12 @@ def table_rows(stdout):
 def test_train_throughput_smoke():
     stdout = run_script("train_throughput.py", "--tiny", "--networks", "ddpm", "--dtypes",
                         "float32", "--batch", "2", "--steps", "1", "--image_size", "8",
-                        "--matmul", "64")
+                        "--matmul", "64", "--steps_per_call", "1,2")
     header, *rows = table_rows(stdout)
     assert "train images/s" in header and "MFU" in header and "compile s" in header
-    assert len(rows) == 1 and rows[0].startswith("| ddpm |")
-    assert "diffusion_jax float32" in rows[0]
+    assert [r.split(" | ")[3] for r in rows] == ["diffusion_jax float32",
+                                                 "diffusion_jax float32 2 steps/call"]
+    assert all(r.startswith("| ddpm |") for r in rows)
 
 
 @pytest.mark.slow

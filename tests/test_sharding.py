@@ -1,6 +1,6 @@
 """Sharding and scale: FSDP and data-parallel steps equal one device, gradient accumulation
-equals one big batch, checkpoints restore onto fewer devices, remat and bf16 change nothing
-beyond rounding."""
+equals one big batch, several steps per jitted call equal single steps, checkpoints restore onto
+fewer devices, remat and bf16 change nothing beyond rounding."""
 import shutil
 
 import jax
@@ -12,9 +12,10 @@ import pytest
 from helpers import TINY_MODEL, tiny_ddpm_config
 
 from diffusion_jax import builders, parallel
+from diffusion_jax import workdir as workdir_io
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.models.unet import UNet
-from diffusion_jax.training.loop import abstract_state, initial_state, train
+from diffusion_jax.training.loop import abstract_state, call_sizes, initial_state, train
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import jit_train_step, train_step
 
@@ -106,6 +107,59 @@ def test_gradient_accumulation_trains_through_the_loop(tmp_path):
     assert int(state.step) == 4
     config.training.grad_accum_steps = 3
     with pytest.raises(ConfigError, match="grad_accum_steps"):
+        train(config, str(tmp_path / "bad"))
+
+
+def test_several_steps_per_call_equal_single_steps():
+    """k steps scanned in one jitted call: the same states and metrics as k separate calls
+    (the step's randomness depends on state.step only), here FSDP-sharded over 2 x 4."""
+    config = tiny_ddpm_config()
+    config.optim.eps = ADAM_EPS
+    mesh = parallel.make_mesh(data=2, fsdp=4)
+    method, optimizer = builders.build_method(config), make_optimizer(config.optim)
+    shardings = jax.tree.map(lambda s: s.sharding, abstract_state(method, optimizer, mesh))
+    rng = np.random.default_rng(0)
+    batches = {"image": rng.uniform(-1, 1, (3, 16, 8, 8, 1)).astype(np.float32),
+               "label": rng.integers(0, 10, (3, 16)).astype(np.int32)}
+    single = jit_train_step(method, optimizer, 0.9, mesh, shardings)
+    state, losses = initial_state(method, optimizer, 0, mesh), []
+    for i in range(3):
+        state, metrics = single(state, parallel.global_batch(
+            jax.tree.map(lambda x: x[i], batches), mesh))
+        losses.append(float(metrics["loss"]))
+    scanned = jit_train_step(method, optimizer, 0.9, mesh, shardings, steps_per_call=3)
+    state3, metrics3 = scanned(initial_state(method, optimizer, 0, mesh),
+                               parallel.global_batch(batches, mesh, leading=1))
+    assert int(state3.step) == 3 and metrics3["loss"].shape == (3,)
+    np.testing.assert_allclose(np.asarray(metrics3["loss"]), losses, rtol=1e-6)
+    _assert_trees_close(state.params, state3.params, rtol=1e-6, atol=1e-7)
+    _assert_trees_close(state.opt_state, state3.opt_state, rtol=1e-6, atol=1e-7)
+    assert state3.params["conv_in"]["kernel"].sharding == state.params["conv_in"]["kernel"].sharding
+
+
+def test_call_sizes_keep_every_log_and_checkpoint_step():
+    sizes = list(call_sizes(3, 20, 4, (5, 10)))
+    ends = np.cumsum([3] + sizes)
+    assert sizes == [1, 1, 4, 1, 4, 1, 4, 1] and ends[-1] == 20
+    assert {5, 10, 15, 20} <= set(ends.tolist())
+    assert list(call_sizes(0, 8, 4, (4, 8))) == [4, 4]
+
+
+def test_steps_per_call_trains_through_the_loop_like_single_steps(tmp_path):
+    config = tiny_ddpm_config(num_steps=10, log_every=5, checkpoint_every=10)
+    config.optim.eps = ADAM_EPS
+    runs = {}
+    for k in (1, 3):
+        config.training.steps_per_call = k
+        runs[k], _ = train(config, str(tmp_path / f"k{k}"))
+    assert int(runs[3].step) == 10
+    _assert_trees_close(runs[1].params, runs[3].params, rtol=1e-5, atol=1e-6)
+    logs = [workdir_io.read_metrics(str(tmp_path / f"k{k}")) for k in (1, 3)]
+    assert [r["step"] for r in logs[1]] == [5, 10]
+    for a, b in zip(*logs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    config.training.steps_per_call = 0
+    with pytest.raises(ConfigError, match="steps_per_call must be >= 1"):
         train(config, str(tmp_path / "bad"))
 
 

@@ -117,6 +117,27 @@ def restore_run(workdir: str, mesh=None):
     return config, method, state
 
 
+def call_sizes(step: int, num_steps: int, steps_per_call: int, every: tuple[int, ...]):
+    """How many steps each jitted call runs from `step` to `num_steps`: `steps_per_call` while
+    no multiple of an interval of `every` (logging, checkpoints) falls inside the call, else 1,
+    so logs and checkpoints land on the same steps whatever `steps_per_call` is."""
+    while step < num_steps:
+        boundary = min([num_steps] + [(step // e + 1) * e for e in every])
+        n = steps_per_call if boundary - step >= steps_per_call else 1
+        yield n
+        step += n
+
+
+def grouped_batches(batches, loader: BatchLoader, sizes):
+    """For each call size n of `sizes`: (the next n batches of `batches` as one dict, stacked
+    along a leading axis when n > 1, then `leading` = that axis count, the tag (n, loader
+    position after them)) -- the items of `parallel.prefetch_to_device`."""
+    for n in sizes:
+        group = [next(batches) for _ in range(n)]
+        images, labels = (np.stack(x) for x in zip(*group)) if n > 1 else group[0]
+        yield {"image": images, "label": labels}, int(n > 1), (n, loader.state)
+
+
 def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     """Train to `training.num_steps`, resuming from the newest checkpoint in `workdir`.
 
@@ -124,8 +145,9 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     """
     t = config.training
     mesh = mesh if mesh is not None else builders.build_mesh(config)
-    if t.grad_accum_steps < 1:
-        raise ConfigError(f"training.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
+    for key in ("grad_accum_steps", "steps_per_call"):
+        if t[key] < 1:
+            raise ConfigError(f"training.{key} must be >= 1, got {t[key]}")
     if t.batch_size % (mesh.devices.size * t.grad_accum_steps):
         raise ConfigError(f"training.batch_size {t.batch_size} is not divisible by the "
                           f"{mesh.devices.size} devices x training.grad_accum_steps "
@@ -153,25 +175,26 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     is_main = jax.process_index() == 0
     log = workdir_io.MetricsLog(workdir, resume_step=step, enabled=is_main)
     progress = Progress(t.num_steps, is_main)
-    step_fn = jit_train_step(method, optimizer, t.ema_decay, mesh,
-                             jax.tree.map(lambda s: s.sharding, abstract), t.grad_accum_steps)
+    shardings = jax.tree.map(lambda s: s.sharding, abstract)
+    step_fns = {n: jit_train_step(method, optimizer, t.ema_decay, mesh, shardings,
+                                  t.grad_accum_steps, n) for n in {1, t.steps_per_call}}
 
     interrupted = False
     pending, last_time, last_step = [], time.perf_counter(), step
     with stop_on_sigterm() as sigterm:
         batches = iter(loader)
-        # each batch carries the loader position after it: the device prefetch reads ahead
-        device_batches = parallel.prefetch_to_device(
-            (({"image": images, "label": labels}, loader.state) for images, labels in batches),
-            mesh)
+        sizes = call_sizes(step, t.num_steps, t.steps_per_call,
+                           (t.log_every, t.checkpoint_every))
+        # each call's batches carry the loader position after them: the prefetch reads ahead
+        device_batches = parallel.prefetch_to_device(grouped_batches(batches, loader, sizes), mesh)
         while step < t.num_steps:
-            batch, data_position = next(device_batches)
-            state, metrics = step_fn(state, batch)
-            step += 1
+            batch, n, data_position = next(device_batches)
+            state, metrics = step_fns[n](state, batch)
+            step += n
             pending.append(metrics)
             if step % t.log_every == 0 or step == t.num_steps:
-                means = {k: float(np.mean([jax.device_get(m[k]) for m in pending]))
-                         for k in pending[0]}
+                means = {k: float(np.mean(np.concatenate(
+                    [np.atleast_1d(jax.device_get(m[k])) for m in pending]))) for k in pending[0]}
                 now = time.perf_counter()
                 means["images_per_s"] = (step - last_step) * t.batch_size / (now - last_time)
                 log.write(step, means)

@@ -1,5 +1,6 @@
 """The jitted train step over a device mesh: the batch split over every device, the state
-replicated or FSDP-sharded (`parallel.state_shardings`), optional gradient accumulation."""
+replicated or FSDP-sharded (`parallel.state_shardings`), optional gradient accumulation, and
+optionally several steps per jitted call."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -83,16 +84,25 @@ def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_deca
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
+def train_steps(state: TrainState, batches, **step_kwargs):
+    """`train_step` once per entry of the batches' leading axis, in one program (`lax.scan`):
+    the same steps, randomness included (it depends on `state.step` only), as that many
+    separate calls, without a host round trip between them. Metrics come back stacked."""
+    return jax.lax.scan(lambda s, batch: train_step(s, batch, **step_kwargs), state, batches)
+
+
 def jit_train_step(method, optimizer, ema_decay: float, mesh, state_sharding=None,
-                   grad_accum_steps: int = 1):
+                   grad_accum_steps: int = 1, steps_per_call: int = 1):
     """jax.jit of `train_step` for `method` (its loss and `update_aux`) with the state in
     `state_sharding` (default replicated), the batch split over every device, and the old
-    state's buffers donated."""
-    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    state_sharding = rep if state_sharding is None else state_sharding
-    fn = lambda state, batch: train_step(state, batch, loss_fn=method_loss(method),
-                                         optimizer=optimizer, ema_decay=ema_decay,
-                                         grad_accum_steps=grad_accum_steps,
-                                         update_aux=getattr(method, "update_aux", None))
-    return jax.jit(fn, in_shardings=(state_sharding, shard), out_shardings=(state_sharding, rep),
-                   donate_argnums=0)
+    state's buffers donated. With `steps_per_call` k > 1 it is `train_steps`: the batch has a
+    leading axis of k global batches and each metric comes back as k values."""
+    rep, state_sharding = parallel.replicated(mesh), state_sharding or parallel.replicated(mesh)
+    kwargs = dict(loss_fn=method_loss(method), optimizer=optimizer, ema_decay=ema_decay,
+                  grad_accum_steps=grad_accum_steps, update_aux=getattr(method, "update_aux", None))
+    if steps_per_call == 1:
+        fn, leading = (lambda state, batch: train_step(state, batch, **kwargs)), 0
+    else:
+        fn, leading = (lambda state, batches: train_steps(state, batches, **kwargs)), 1
+    return jax.jit(fn, in_shardings=(state_sharding, parallel.batch_sharded(mesh, leading)),
+                   out_shardings=(state_sharding, rep), donate_argnums=0)
