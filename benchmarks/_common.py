@@ -1,6 +1,8 @@
-"""What the benchmark scripts share: the networks they time, the bf16 ceiling, the XLA cache."""
+"""What the benchmark scripts share: the networks they time, the bf16 ceiling, the XLA cache,
+the timing loop."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -12,7 +14,7 @@ import jax.numpy as jnp
 from configs.ddpm import cifar10 as ddpm_cifar10
 from configs.edm import cifar10_uncond as edm_cifar10
 from configs.score_sde import cifar10_ddpmpp_continuous as score_sde_cifar10
-from diffusion_jax import builders
+from diffusion_jax import builders, parallel
 
 # name -> (config file, get_config): the CIFAR-10 networks of the three papers
 NETWORKS = {
@@ -59,17 +61,32 @@ def enable_compilation_cache(directory: str) -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
 
 
+def median_seconds(fn, steps: int, context=None) -> float:
+    """Median seconds of `steps` calls of fn() after one warm-up call (which compiles a lazily
+    jitted fn), each blocked until its result is ready. The timed calls run inside `context`
+    when one is given (e.g. `jax.profiler.trace`)."""
+    jax.block_until_ready(fn())
+    times = []
+    with context or contextlib.nullcontext():
+        for _ in range(steps):
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def random_batch(batch: int, image_size: int, mesh):
+    """A training batch of standard-normal images and zero labels, split over the mesh."""
+    image = jax.random.normal(jax.random.PRNGKey(0), (batch, image_size, image_size, 3))
+    return jax.device_put({"image": image, "label": jnp.zeros((batch,), jnp.int32)},
+                          parallel.batch_sharded(mesh))
+
+
 def matmul_ceiling(n: int) -> float:
     """FLOP/s of a bf16 n^3 matrix product (the practical peak of this device)."""
     a = jnp.ones((n, n), jnp.bfloat16)
     f = jax.jit(lambda a, b: a @ b)
-    f(a, a).block_until_ready()
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
+    return 2 * n**3 / median_seconds(lambda: f(a, a), 10)
 
 
 def device_line() -> str:

@@ -43,6 +43,27 @@ def test_sampler_throughput_smoke():
     assert [r.split(" | ")[0] for r in rows] == ["| eval", "| ddim 2 steps"]
 
 
+@pytest.mark.slow
+def test_train_breakdown_smoke(tmp_path):
+    stdout = run_script("train_breakdown.py", "--tiny", "--networks", "ddpm", "--dtypes",
+                        "float32", "--batch", "8", "--steps", "2", "--image_size", "8",
+                        "--trace_dir", str(tmp_path))
+    header, *rows = table_rows(stdout)
+    assert "ms per step" in header and "share of full step" in header and "GFLOP" in header
+    cells = [row.strip("| ").split(" | ") for row in rows]
+    assert [c[2] for c in cells] == [
+        "forward", "forward+backward", "optimizer+EMA", "full step",
+        "full step, model.attn_resolutions=()", "full step, model.dropout=0",
+        "input: BatchLoader digits 8x8x1", "input: host->device 8x8x3"]
+    assert all(c[:2] == ["ddpm", "float32"] for c in cells)
+    for c in cells:
+        assert float(c[3]) > 0 and float(c[4].rstrip("%")) > 0 and float(c[5].replace(",", "")) > 0
+    gflop = {c[2]: float(c[6]) for c in cells[:6]}
+    assert gflop["forward+backward"] > 2 * gflop["forward"] > 0 and gflop["optimizer+EMA"] == 0
+    assert all(c[7].endswith(("(keeps up)", "(too slow)")) for c in cells[6:])
+    assert list(tmp_path.glob("ddpm_float32/plugins/profile/*/perfetto_trace.json.gz"))
+
+
 def test_unknown_network_is_refused():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_throughput.py"),
