@@ -75,11 +75,14 @@ def median_seconds(fn, steps: int, context=None) -> float:
     return statistics.median(times)
 
 
-def random_batch(batch: int, image_size: int, mesh):
-    """A training batch of standard-normal images and zero labels, split over the mesh."""
-    image = jax.random.normal(jax.random.PRNGKey(0), (batch, image_size, image_size, 3))
-    return jax.device_put({"image": image, "label": jnp.zeros((batch,), jnp.int32)},
-                          parallel.batch_sharded(mesh))
+def random_batch(batch: int, image_size: int, mesh, steps_per_call: int = 1):
+    """A training batch of standard-normal images and zero labels, split over the mesh; with
+    `steps_per_call` k > 1, a stack of k such batches (the input of `jit_train_step(...,
+    steps_per_call=k)`)."""
+    stack = (steps_per_call,) if steps_per_call > 1 else ()
+    image = jax.random.normal(jax.random.PRNGKey(0), stack + (batch, image_size, image_size, 3))
+    return jax.device_put({"image": image, "label": jnp.zeros(stack + (batch,), jnp.int32)},
+                          parallel.batch_sharded(mesh, len(stack)))
 
 
 def matmul_ceiling(n: int) -> float:

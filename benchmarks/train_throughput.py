@@ -20,7 +20,7 @@ compile included; with the persistent compilation cache a second launch loads it
 When torch and diffusers are importable with CUDA, diffusers' UNet2DModel with the DDPM U-Net's
 configuration (`_diffusers.unet`) is timed in the same run (eager and torch.compile, tf32 and
 bf16 autocast) and the DDPM rows print their ratio to it. `--tiny` shrinks every network to a
-few thousand parameters for a CPU smoke run.
+few hundred thousand parameters for a CPU smoke run.
 """
 from __future__ import annotations
 
@@ -56,25 +56,21 @@ def time_ours(network: str, dtype: str, batch: int, steps: int, image_size: int,
     mesh = parallel.make_mesh()
     state = initial_state(method, optimizer, 0, mesh)
     step = jit_train_step(method, optimizer, 0.9999, mesh, steps_per_call=steps_per_call)
-    stack = (steps_per_call,) if steps_per_call > 1 else ()
-    data = jax.random.normal(jax.random.PRNGKey(0), stack + (batch, image_size, image_size, 3))
-    batch_arrays = jax.device_put({"image": data, "label": jnp.zeros(stack + (batch,), jnp.int32)},
-                                  parallel.batch_sharded(mesh, len(stack)))
+    batch_arrays = _common.random_batch(batch, image_size, mesh, steps_per_call)
     t0 = time.perf_counter()
     state, _ = step(state, batch_arrays)
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
+
+    def one_call():
+        nonlocal state
         state, metrics = step(state, batch_arrays)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
+        return metrics
+    seconds = _common.median_seconds(one_call, steps)
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     tt = jax.ShapeDtypeStruct((1,), jnp.float32)
     flops = count_flops(lambda p, x, t: method.apply(p, x, t), state.params, x, tt)
-    return (steps_per_call * batch / statistics.median(times), flops, count_params(state.params),
-            compile_s)
+    return steps_per_call * batch / seconds, flops, count_params(state.params), compile_s
 
 
 def time_diffusers(batch: int, steps: int, image_size: int):
