@@ -19,7 +19,6 @@ CPU-sized version used by the tests: tiny networks, 4 training steps, 16 samples
 """
 from __future__ import annotations
 
-import csv
 import os
 import time
 
@@ -29,6 +28,7 @@ from configs.consistency import digits_cd, digits_ct
 from configs.edm import digits as edm_digits
 from diffusion_jax import launcher, parallel, sampling
 from diffusion_jax.evaluation.frechet import feature_statistics, frechet_distance
+from experiments._study import write_results
 
 STEPS = (1, 2, 4)
 QUICK = dict(model=dict(nf=8, attn_resolutions=()),
@@ -96,12 +96,7 @@ def run(workdir: str, arg=None) -> int:
             fd = frechet_distance(*feature_statistics(features(images)[0]), *reference)
             rows.append(dict(model=name, sampler=sampler, nfe=nfe, digits_frechet=fd,
                              ms_per_sample=1e3 * seconds))
-    with open(os.path.join(workdir, "consistency_steps.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    _plot(rows, os.path.join(workdir, "consistency_steps.png"))
-    print(_table(rows), flush=True)
+    write_results(workdir, "consistency_steps", rows, _table(rows), _plot)
     return 0
 
 

@@ -19,7 +19,6 @@ Markdown table. A scripted study (not a config sweep):
 """
 from __future__ import annotations
 
-import csv
 import os
 
 import jax
@@ -32,6 +31,7 @@ from diffusion_jax.errors import ConfigError
 from diffusion_jax.evaluation.frechet import feature_statistics, frechet_distance
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.processes import schedules
+from experiments._study import write_results
 
 SAMPLERS = {  # name -> (sampling.method, steps for an NFE budget)
     "DDPM ancestral": ("ancestral", lambda nfe: nfe),
@@ -137,11 +137,6 @@ def run(workdir: str, arg=None) -> int:
     rows = analytic_rows(nfes, 256 if quick else 20000)
     rows += digits_rows(workdir, nfes[:1] if quick else nfes, 16 if quick else 2000,
                         2 if quick else None)
-    with open(os.path.join(workdir, "sampler_nfe.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    _plot(rows, os.path.join(workdir, "sampler_nfe.png"))
-    print(_table(rows), flush=True)
+    write_results(workdir, "sampler_nfe", rows, _table(rows), _plot)
     return 0
 

@@ -14,15 +14,22 @@ from configs import base
 from configs.edm import digits as edm_digits
 
 
-def get_config(arg=None):
-    config = base.consistency_config("cd")
-    teacher = edm_digits.get_config(arg)
-    config.model = teacher.model
-    config.consistency.distance = "l2"
+def digits_consistency_config(mode: str, arg=None):
+    """What the digits CD and CT configs share: `base.consistency_config(mode)` with the
+    network of `configs/edm/digits.py` (its `arg`), the digits data, batch 128, EMA 0.999, and
+    100 samples / 1000 for eval."""
+    config = base.consistency_config(mode)
+    config.model = edm_digits.get_config(arg).model
     config.data.update(dataset="digits", random_flip=False)
-    config.training.update(num_steps=1000, batch_size=128, checkpoint_every=500, log_every=50,
-                           ema_decay=0.999)
-    config.optim.update(lr=1e-4, warmup_steps=0)
+    config.training.update(batch_size=128, ema_decay=0.999)
     config.sampling.update(num_samples=100, batch_size=100)
     config.eval.update(num_samples=1000, batch_size=500)
+    return config
+
+
+def get_config(arg=None):
+    config = digits_consistency_config("cd", arg)
+    config.consistency.distance = "l2"
+    config.training.update(num_steps=1000, checkpoint_every=500, log_every=50)
+    config.optim.update(lr=1e-4, warmup_steps=0)
     return config

@@ -7,8 +7,7 @@ weights that do not exist for 8x8 digits), N(k) with s0 = 2, s1 = 150 and the ta
 'ict': pseudo-Huber with c = 0.00054 sqrt(64), no target EMA, N doubling from 10 to 1280,
 log-normal levels, 1 / (sigma_{i+1} - sigma_i) weighting. Not a paper setting.
 """
-from configs import base
-from configs.edm import digits as edm_digits
+from configs.consistency.digits_cd import digits_consistency_config
 
 
 def get_config(arg=None):
@@ -16,16 +15,11 @@ def get_config(arg=None):
         raise ValueError(f"unknown argument {arg!r} for configs/consistency/digits_ct.py; "
                          f"valid: ct, ict")
     mode = arg or "ct"
-    config = base.consistency_config(mode)
-    config.model = edm_digits.get_config().model
+    config = digits_consistency_config(mode)
     if mode == "ict":
         config.consistency.update(distance="pseudo_huber", weighting="icm", s0=10, s1=1280)
     else:
         config.consistency.distance = "l2"
-    config.data.update(dataset="digits", random_flip=False)
-    config.training.update(num_steps=3000, batch_size=128, checkpoint_every=1000, log_every=100,
-                           ema_decay=0.999)
+    config.training.update(num_steps=3000, checkpoint_every=1000, log_every=100)
     config.optim.update(lr=1e-3, warmup_steps=200)
-    config.sampling.update(num_samples=100, batch_size=100)
-    config.eval.update(num_samples=1000, batch_size=500)
     return config

@@ -69,6 +69,20 @@ class ResBlock(nn.Module):
         return x + h
 
 
+def middle_block(h, attention: bool, dtype):
+    """At the lowest resolution: residual block, self-attention (optional), residual block."""
+    h = ResBlock(h.shape[-1], dtype)(h)
+    if attention:
+        h = AttnBlock(dtype)(h)
+    return ResBlock(h.shape[-1], dtype)(h)
+
+
+def conv_out(h, channels: int, dtype):
+    """GroupNorm, SiLU, 3x3 conv to `channels`, as float32."""
+    h = nn.silu(group_norm(dtype, _groups(h.shape[-1]))(h))
+    return nn.Conv(channels, (3, 3), dtype=dtype, name="conv_out")(h).astype(jnp.float32)
+
+
 class Encoder(nn.Module):
     ch: int = 32
     ch_mult: Sequence[int] = (1, 2)
@@ -85,13 +99,8 @@ class Encoder(nn.Module):
                 h = ResBlock(self.ch * mult, self.dtype)(h)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(True, self.dtype)(h)
-        h = ResBlock(h.shape[-1], self.dtype)(h)
-        if self.attention:
-            h = AttnBlock(self.dtype)(h)
-        h = ResBlock(h.shape[-1], self.dtype)(h)
-        h = nn.silu(group_norm(self.dtype, _groups(h.shape[-1]))(h))
-        return nn.Conv(2 * self.z_channels, (3, 3), dtype=self.dtype, name="conv_out")(h).astype(
-            jnp.float32)
+        return conv_out(middle_block(h, self.attention, self.dtype), 2 * self.z_channels,
+                        self.dtype)
 
 
 class Decoder(nn.Module):
@@ -106,18 +115,13 @@ class Decoder(nn.Module):
     def __call__(self, z):
         h = nn.Conv(self.ch * self.ch_mult[-1], (3, 3), dtype=self.dtype, name="conv_in")(
             z.astype(self.dtype))
-        h = ResBlock(h.shape[-1], self.dtype)(h)
-        if self.attention:
-            h = AttnBlock(self.dtype)(h)
-        h = ResBlock(h.shape[-1], self.dtype)(h)
+        h = middle_block(h, self.attention, self.dtype)
         for level, mult in reversed(list(enumerate(self.ch_mult))):
             for _ in range(self.num_res_blocks + 1):
                 h = ResBlock(self.ch * mult, self.dtype)(h)
             if level != 0:
                 h = Upsample(True, self.dtype)(h)
-        h = nn.silu(group_norm(self.dtype, _groups(h.shape[-1]))(h))
-        return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv_out")(h).astype(
-            jnp.float32)
+        return conv_out(h, self.out_channels, self.dtype)
 
 
 class AutoencoderKL(nn.Module):
