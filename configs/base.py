@@ -47,6 +47,13 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def guidance_defaults() -> dict:
+    """Classifier-free guidance off (Ho & Salimans 2022; `diffusion_jax.guidance.guide`): scale
+    1, interval of every sigma, no negative label or prompt."""
+    return dict(guidance_scale=1.0, guidance_sigma_lo=0.0, guidance_sigma_hi=1e9,
+                negative_label=-1, negative_prompt="")
+
+
 def ddpm_config() -> ml_collections.ConfigDict:
     """DDPM (Ho et al. 2020) defaults: the CIFAR-10 network, schedule, optimiser and sampler."""
     c = base_config()
@@ -57,7 +64,7 @@ def ddpm_config() -> ml_collections.ConfigDict:
                                                  beta_start=1e-4, beta_end=0.02,
                                                  prediction="epsilon", label_dropout=0.0))
     c.sampling.update(method="ancestral", num_steps=1000, eta=0.0, variance="beta",
-                      clip_x0=False, spacing="uniform")
+                      clip_x0=False, spacing="uniform", **guidance_defaults())
     return c
 
 
@@ -90,7 +97,8 @@ def score_sde_config(sde: str = "vpsde") -> ml_collections.ConfigDict:
         predictor="reverse_diffusion" if ve else "euler_maruyama",
         corrector="langevin" if ve else "none", snr=0.16, n_corrector_steps=1, denoise=True,
         ode_solver="tsit5", rtol=1e-5, atol=1e-5, sigma_min=0.0, sigma_max=0.0, rho=7.0,
-        S_churn=0.0, S_min=0.0, S_max=1e9, S_noise=1.0, eta=1.0, order=3, spacing="logsnr")
+        S_churn=0.0, S_min=0.0, S_max=1e9, S_noise=1.0, eta=1.0, order=3, spacing="logsnr",
+        **guidance_defaults())
     c.eval.update(num_samples=50_000, batch_size=1000, bpd_num_examples=10_000,
                   bpd_batch_size=500)
     return c

@@ -22,7 +22,10 @@ import jax.numpy as jnp
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class GaussianMixture:
-    """sum_k w_k N(mu_k, C_k); `labels[k]` is the class of component k (for conditional use)."""
+    """sum_k w_k N(mu_k, C_k); `labels[k]` is the class of component k (for conditional use).
+
+    A conditional query with a label that no component has (the null label num_classes) is
+    the unconditional one: the exact conditional model of classifier-free guidance."""
 
     weights: jax.Array  # (K,)
     means: jax.Array  # (K, d)
@@ -99,7 +102,9 @@ class GaussianMixture:
             return jnp.zeros((n, self.weights.shape[0]))
         if self.labels is None:
             raise ValueError("a class-conditional query needs a mixture with `labels`")
-        return jnp.where(self.labels[None, :] == cond[:, None], 0.0, -jnp.inf)
+        match = self.labels[None, :] == cond[:, None]
+        match = match | ~jnp.any(match, axis=1, keepdims=True)  # no such class: the whole mixture
+        return jnp.where(match, 0.0, -jnp.inf)
 
 
 @dataclasses.dataclass(frozen=True)

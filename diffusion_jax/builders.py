@@ -118,6 +118,17 @@ def build_model(config):
                            caption_length=length)
 
 
+def check_guidance(config):
+    """Classifier-free guidance options (`sampling.guidance_scale`, `negative_prompt`) that the
+    configured model cannot follow, as a ConfigError before anything runs."""
+    if (config.sampling.get("guidance_scale", 1.0) != 1.0 and not num_classes(config)
+            and not caption_length(config)):
+        raise ConfigError("sampling.guidance_scale != 1 needs model.class_conditional=True or "
+                          "a text encoder (text.encoder)")
+    if config.sampling.get("negative_prompt", "") and not caption_length(config):
+        raise ConfigError("sampling.negative_prompt needs a text-conditional model (text.encoder)")
+
+
 def build_ddpm(config, model, image_shape):
     d = config.diffusion
     choose("beta schedule (diffusion.schedule)", d.schedule, schedules.BETA_SCHEDULES)
@@ -125,6 +136,7 @@ def build_ddpm(config, model, image_shape):
            parameterization.PREDICTION_TARGETS)
     kwargs = ({"beta_start": d.beta_start, "beta_end": d.beta_end} if d.schedule == "linear"
               else {})
+    check_guidance(config)
     return DDPM(model=model, schedule=schedules.make_schedule(d.schedule, d.num_timesteps, **kwargs),
                 image_shape=image_shape, prediction=d.prediction,
                 num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0),
@@ -135,12 +147,7 @@ def build_edm(config, model, image_shape):
     """EDM (Karras et al. 2022) around `model`, which gets c_noise of `edm.precond` as noise input."""
     e = config.edm
     choose("preconditioning (edm.precond)", e.precond, PRECONDITIONINGS)
-    if (config.sampling.get("guidance_scale", 1.0) != 1.0 and not num_classes(config)
-            and not caption_length(config)):
-        raise ConfigError("sampling.guidance_scale != 1 needs model.class_conditional=True or "
-                          "a text encoder (text.encoder)")
-    if config.sampling.get("negative_prompt", "") and not caption_length(config):
-        raise ConfigError("sampling.negative_prompt needs a text-conditional model (text.encoder)")
+    check_guidance(config)
     return EDM(model=model, image_shape=image_shape,
                num_classes=num_classes(config), label_dropout=e.label_dropout,
                sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond,
@@ -168,6 +175,7 @@ def build_score_sde(config, model, image_shape):
     choose("corrector (sampling.corrector)", sampling.corrector, pc.CORRECTORS)
     choose("ODE solver (sampling.ode_solver)", sampling.ode_solver,
            {**ode.ADAPTIVE, **ode.FIXED_STAGES})
+    check_guidance(config)
     spec = dataset_spec(config)
     return score_sde.ScoreSDE(
         model=model, sde=build_sde(config), image_shape=image_shape,

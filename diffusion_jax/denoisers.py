@@ -92,6 +92,14 @@ def discrete_t_of_sigma(schedule: DiscreteSchedule, mode: str = "nearest") -> Ca
     raise ValueError(f"unknown mode {mode!r}; valid: ['interpolate', 'nearest']")
 
 
+def discrete_sigma_of_t(schedule: DiscreteSchedule) -> Callable:
+    """sigma(t) at a float timestep index t: log sigma_i interpolated linearly in t, exact at
+    integer t and the inverse of `discrete_t_of_sigma(schedule, 'interpolate')`."""
+    log_sigmas = jnp.log(discrete_sigmas(schedule))
+    index = jnp.arange(log_sigmas.shape[0], dtype=log_sigmas.dtype)
+    return lambda t: jnp.exp(jnp.interp(t, index, log_sigmas))
+
+
 def discrete_time_maps(schedule: DiscreteSchedule) -> tuple[Callable, Callable]:
     """(sigma_of_t, t_of_sigma) for the continuous time t = (i + 1) / T of a T-step schedule
     (DPM-Solver, Lu et al. 2022, Sec. 3.4 and App. D.1), log sigma linear in i between timesteps."""
@@ -161,14 +169,12 @@ def to_epsilon(denoiser: Denoiser) -> Callable:
 def to_discrete_eps_fn(denoiser: Denoiser, schedule: DiscreteSchedule, cond=None) -> Callable:
     """eps_fn(x_t, t_index) for the DDPM/DDIM samplers, from any denoiser.
 
-    sigma(t) interpolates log sigma_i linearly in t (exact at integer t); x = x_t sqrt(1 + sigma^2)
-    = x_t / sqrt(alpha_bar_t), and eps = (x - D(x, sigma)) / sigma is the noise of x_t too.
+    sigma(t) is `discrete_sigma_of_t`; x = x_t sqrt(1 + sigma^2) = x_t / sqrt(alpha_bar_t), and
+    eps = (x - D(x, sigma)) / sigma is the noise of x_t too.
     """
-    log_sigmas = jnp.log(discrete_sigmas(schedule))
-    index = jnp.arange(log_sigmas.shape[0], dtype=log_sigmas.dtype)
-    eps = to_epsilon(denoiser)
+    sigma_of_t, eps = discrete_sigma_of_t(schedule), to_epsilon(denoiser)
 
     def eps_fn(x_t, t):
-        sigma = jnp.exp(jnp.interp(per_example(t, x_t), index, log_sigmas))
+        sigma = sigma_of_t(per_example(t, x_t))
         return eps(x_t / expand(vp_alpha(sigma), x_t), sigma, cond)
     return eps_fn

@@ -5,14 +5,22 @@ condition (unconditional model) or a negative condition. Both branches run as on
 size 2B. Guidance can be limited to an interval of noise levels (Kynkaenniemi et al. 2024,
 Eq. 2): outside [sigma_lo, sigma_hi] D_w is the conditional denoiser. Conditions are arrays or
 pytrees of arrays with a leading batch axis (labels, or e.g. {'label': ..., 'drop': ...}).
+
+The same combination guides a noise prediction or a score: eps = (x - D) / sigma and
+score = (D - x) / sigma^2 are affine in D with coefficients of (x, sigma) alone, and the weights
+1 - w and w sum to one, so eps_w = eps_u + w (eps_c - eps_u) and s_w = s_u + w (s_c - s_u)
+(Ho & Salimans 2022, Eq. 6, whose w is our w - 1). `guide` applies it to the function a
+method's samplers call.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax import text
 from diffusion_jax.denoisers import Denoiser, expand, per_example
 
 
@@ -22,13 +30,16 @@ def _broadcast_like(value, like):
 
 def classifier_free_guidance(denoiser: Denoiser, scale: float, null_cond, *,
                              negative_cond=None, sigma_lo: float = 0.0,
-                             sigma_hi: float = math.inf) -> Denoiser:
+                             sigma_hi: float = math.inf,
+                             sigma_of: Callable = lambda level: level) -> Denoiser:
     """The guided denoiser D_w(x, sigma, cond) with guidance scale w = `scale`.
 
     `null_cond` (same pytree structure as cond, scalars broadcast over the batch) selects the
     unconditional branch; `negative_cond`, when given, replaces it (negative prompting).
     With a finite interval, examples whose sigma lies outside it get D(x, sigma, cond); the
     batched pair of evaluations is skipped (lax.cond) when no example of the batch needs it.
+    `sigma_of` maps the function's second argument to the EDM sigma the interval is stated in
+    (identity for a denoiser; e.g. the sigma of a DDPM timestep or of an SDE time).
     """
     uncond_value = null_cond if negative_cond is None else negative_cond
     limited = sigma_lo > 0.0 or sigma_hi < math.inf
@@ -44,13 +55,43 @@ def classifier_free_guidance(denoiser: Denoiser, scale: float, null_cond, *,
         if not limited:
             d_cond, d_uncond = pair(x, sigma, cond)
             return d_uncond + scale * (d_cond - d_uncond)
-        inside = (sigma >= sigma_lo) & (sigma <= sigma_hi)
+        level = sigma_of(sigma)
+        inside = (level >= sigma_lo) & (level <= sigma_hi)
 
         def with_guidance():
             d_cond, d_uncond = pair(x, sigma, cond)
             return jnp.where(expand(inside, x), d_uncond + scale * (d_cond - d_uncond), d_cond)
         return jax.lax.cond(jnp.any(inside), with_guidance, lambda: denoiser(x, sigma, cond))
     return guided_denoiser
+
+
+OPTIONS = ("guidance_scale", "guidance_sigma_lo", "guidance_sigma_hi", "negative_label",
+           "negative_prompt")  # the sampling options of `guide`
+
+
+def guide(fn: Callable, cond, num_classes: int, caption_length: int = 0, *,
+          guidance_scale: float = 1.0, guidance_sigma_lo: float = 0.0,
+          guidance_sigma_hi: float = math.inf, negative_label: int = -1,
+          negative_prompt: str = "", sigma_of: Callable = lambda level: level) -> Callable:
+    """fn(x, level, cond) guided with the sampling options that EDM, DDPM and score-SDE share.
+
+    guidance_scale w == 1 returns `fn` itself (the unguided program, no 2B batch). Otherwise
+    `classifier_free_guidance` from the null label `num_classes`, or `negative_label` when >= 0;
+    a caption-conditional model (caption_length > 0) from the empty caption, or from
+    `negative_prompt` when it is not empty; only where the EDM sigma `sigma_of(level)` (default:
+    the level itself) lies in [guidance_sigma_lo, guidance_sigma_hi]. `cond` is the condition the
+    samplers will pass: guidance needs one, and a conditional model.
+    """
+    if guidance_scale == 1.0:
+        return fn
+    if not (num_classes or caption_length) or cond is None:
+        raise ValueError("guidance_scale != 1 needs a conditional model and conditions")
+    negative = None if negative_label < 0 else negative_label
+    if caption_length:
+        negative = text.tokenize(negative_prompt, caption_length) if negative_prompt else None
+    return classifier_free_guidance(
+        fn, guidance_scale, null_condition(num_classes, caption_length), negative_cond=negative,
+        sigma_lo=guidance_sigma_lo, sigma_hi=guidance_sigma_hi, sigma_of=sigma_of)
 
 
 def drop_labels(rng: jax.Array, labels: jax.Array, p: float, null_label) -> jax.Array:

@@ -12,6 +12,7 @@ from diffusion_jax import builders, edit_inputs, parallel, sampling, text, workd
 from diffusion_jax.data.datasets import open_dataset
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.flops import count_flops
+from diffusion_jax.methods.edm import keyword_defaults
 from diffusion_jax.models.unet import count_params
 
 MODES = ("train", "sample", "eval", "info")
@@ -73,9 +74,9 @@ def _sample(config, workdir, mesh, method, state, prompt: str = "",
     params = state.ema_params if s.use_ema else state.params
     options = sampling.sampler_options(method, s)
     if negative_prompt:
-        if "negative_prompt" not in options:
-            raise ConfigError(f"--negative_prompt needs a method with guidance (edm); "
-                              f"{config.method!r} has none")
+        if "negative_prompt" not in keyword_defaults(method.sample):
+            raise ConfigError(f"--negative_prompt needs a method with guidance (edm, ddpm, "
+                              f"score_sde); {config.method!r} has none")
         options["negative_prompt"] = negative_prompt
     batch = _fit_batch(s.batch_size, mesh)
     conditions = caption_conditions(config, s.num_samples, prompt)

@@ -36,7 +36,6 @@ def get_config(arg=None):
     config.sampling.update(num_samples=64, batch_size=64, method="heun", num_steps=18,
                            sigma_min=0.002, sigma_max=80.0, rho=7.0, S_churn=0.0, S_min=0.0,
                            S_max=1e9, S_noise=1.0, eta=1.0, order=3, spacing="logsnr",
-                           guidance_scale=1.0, guidance_sigma_lo=0.0, guidance_sigma_hi=1e9,
-                           negative_label=-1)
+                           **base.guidance_defaults())
     config.eval.update(num_samples=50_000, batch_size=1000)
     return config

@@ -84,25 +84,38 @@ class DDPM:
             return None
         return drop_labels(rng, batch["label"], self.label_dropout, self.num_classes)
 
-    def eps_fn(self, params, cond: Optional[jax.Array] = None):
-        """The noise prediction eps(x_t, t) of the network, whatever its prediction target."""
+    def prediction_fn(self, params, cond: Optional[jax.Array] = None, **guidance_options):
+        """The network's prediction F(x_t, t) (epsilon, x0 or v) with the condition `cond`; with
+        the guidance options of `sample`, F_u + w (F_c - F_u) (`guidance.guide`, the interval in
+        the sigma of timestep t). This guides eps and D alike: each is affine in F with
+        coefficients of (x_t, t) alone (`parameterization`), and the weights sum to one."""
+        F = guidance.guide(lambda x_t, t, c=None: self.apply(params, x_t, t, c), cond,
+                           self.num_classes, self.caption_length,
+                           sigma_of=denoisers.discrete_sigma_of_t(self.schedule),
+                           **guidance_options)
+        return lambda x_t, t: denoisers.call(F, x_t, t, cond)
+
+    def eps_fn(self, params, cond: Optional[jax.Array] = None, **guidance_options):
+        """The noise prediction eps(x_t, t) of the network, whatever its prediction target
+        (guided as `prediction_fn` says)."""
+        F = self.prediction_fn(params, cond, **guidance_options)
 
         def eps(x_t, t):
-            pred = self.apply(params, x_t, t, cond)
             alpha, sigma = marginal_coefficients(self.schedule, t)
-            return parameterization.to_eps(self.prediction, pred, x_t, alpha, sigma)
+            return parameterization.to_eps(self.prediction, F(x_t, t), x_t, alpha, sigma)
 
         return eps
 
-    def denoiser(self, params, cond: Optional[jax.Array] = None):
+    def denoiser(self, params, cond: Optional[jax.Array] = None, **guidance_options):
         """D(x, sigma) of the network (`denoisers.from_discrete`): queried at x_t = x / sqrt(1 +
         sigma^2) and the fractional timestep whose log sigma interpolates the schedule's, as
-        DPM-Solver does for discrete-time models; exact on the schedule's sigmas."""
-        D = self.conditional_denoiser(params)
-        return lambda x, sigma: denoisers.call(D, x, sigma, cond)
+        DPM-Solver does for discrete-time models; exact on the schedule's sigmas. Guided as
+        `prediction_fn` says."""
+        return denoisers.from_discrete(self.prediction_fn(params, cond, **guidance_options),
+                                       self.prediction, self.schedule, mode="interpolate")
 
     def conditional_denoiser(self, params):
-        """D(x, sigma[, cond]) of the network (see `denoiser`)."""
+        """D(x, sigma[, cond]) of the network (see `denoiser`), unguided."""
         return denoisers.from_discrete(lambda x_t, t, c=None: self.apply(params, x_t, t, c),
                                        self.prediction, self.schedule, mode="interpolate")
 
@@ -110,7 +123,9 @@ class DDPM:
                num_steps: int = 1000, eta: float = 0.0, variance: str = "beta",
                clip_x0: bool = False, spacing: str = "uniform", rho: float = 7.0,
                S_churn: float = 0.0, S_min: float = 0.0, S_max: float = math.inf,
-               S_noise: float = 1.0, order: int = 3):
+               S_noise: float = 1.0, order: int = 3, guidance_scale: float = 1.0,
+               guidance_sigma_lo: float = 0.0, guidance_sigma_hi: float = math.inf,
+               negative_label: int = -1, negative_prompt: str = ""):
         """Images from the noise `x_init` by ancestral sampling, DDIM, or an EDM fast sampler.
 
         'ancestral' / 'ddim': the chains of `samplers.ddpm` (`variance`, `clip_x0`; `eta`,
@@ -118,9 +133,14 @@ class DDPM:
         `denoiser` between the schedule's smallest and largest sigma from sigma_max x_init:
         Heun / Euler / Euler-ancestral on the rho grid (`eta` = ancestral noise: 0 is Euler),
         DPM-Solvers with `spacing` 'uniform' / 'quadratic' in time t = (i + 1) / T or 'logsnr'.
+        guidance_scale w != 1: classifier-free guidance eps_u + w (eps_c - eps_u) for every
+        sampler, with the options of `methods.edm.EDM.sample` (`prediction_fn`).
         """
+        guiding = dict(guidance_scale=guidance_scale, guidance_sigma_lo=guidance_sigma_lo,
+                       guidance_sigma_hi=guidance_sigma_hi, negative_label=negative_label,
+                       negative_prompt=negative_prompt)
         if method in ("ancestral", "ddim"):
-            eps = self.eps_fn(params, cond)
+            eps = self.eps_fn(params, cond, **guiding)
             if method == "ancestral":
                 return ddpm_samplers.ancestral_sample(eps, self.schedule, rng, x_init.shape,
                                                       variance=variance, clip_x0=clip_x0,
@@ -130,8 +150,8 @@ class DDPM:
                                              x_init=x_init)
         sigmas, sample_fn = self._grid_sampler(method, num_steps, eta, spacing, rho, S_churn,
                                                S_min, S_max, S_noise, order)
-        return sample_fn(self.conditional_denoiser(params), rng, x_init.shape, sigmas=sigmas,
-                         x_init=sigmas[0] * x_init, cond=cond)
+        return sample_fn(self.denoiser(params, cond, **guiding), rng, x_init.shape,
+                         sigmas=sigmas, x_init=sigmas[0] * x_init)
 
     def edit(self, params, rng, x, mask, cond=None, *, task: str, strength: float, **options):
         """Inpainting or SDEdit (the protocol's `edit`) with the configured sampler on `denoiser`.
@@ -154,7 +174,8 @@ class DDPM:
             sigmas, sample_fn = self._grid_sampler(
                 o["method"], o["num_steps"], o["eta"], o["spacing"], o["rho"], o["S_churn"],
                 o["S_min"], o["S_max"], o["S_noise"], o["order"])
-        return edm.edit_with_sampler(sample_fn, sigmas, self.conditional_denoiser(params), rng, x, mask, cond, task=task,
+        D = self.denoiser(params, cond, **{k: o[k] for k in guidance.OPTIONS})
+        return edm.edit_with_sampler(sample_fn, sigmas, D, rng, x, mask, task=task,
                                      strength=strength)
 
     def _grid_sampler(self, method, num_steps, eta, spacing, rho, S_churn, S_min, S_max,

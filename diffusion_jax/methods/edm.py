@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import denoisers, guidance, preconditioning, text
+from diffusion_jax import denoisers, guidance, preconditioning
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.losses.edm import edm_loss
 from diffusion_jax.processes import schedules
@@ -223,21 +223,10 @@ class EDM:
                                  strength=strength)
 
     def _sampler(self, params, cond, *, method, num_steps, sigma_min, sigma_max, rho, S_churn,
-                 S_min, S_max, S_noise, eta, order, spacing, guidance_scale, guidance_sigma_lo,
-                 guidance_sigma_hi, negative_label, negative_prompt):
+                 S_min, S_max, S_noise, eta, order, spacing, **guidance_options):
         """(sigma grid, grid sampler, denoiser D(x, sigma, cond)) for the sampling options."""
-        D = self.conditional_denoiser(params)
-        if guidance_scale != 1.0:
-            if not (self.num_classes or self.caption_length) or cond is None:
-                raise ValueError("guidance_scale != 1 needs a conditional model and conditions")
-            negative = None if negative_label < 0 else negative_label
-            if self.caption_length:
-                negative = (text.tokenize(negative_prompt, self.caption_length) if negative_prompt
-                            else None)
-            D = guidance.classifier_free_guidance(
-                D, guidance_scale, guidance.null_condition(self.num_classes, self.caption_length),
-                negative_cond=negative,
-                sigma_lo=guidance_sigma_lo, sigma_hi=guidance_sigma_hi)
+        D = guidance.guide(self.conditional_denoiser(params), cond, self.num_classes,
+                           self.caption_length, **guidance_options)
         sigmas = sampler_sigmas(method, num_steps, sigma_min, sigma_max, rho, spacing)
         sample_fn = grid_sampler(method, S_churn=S_churn, S_min=S_min, S_max=S_max,
                                  S_noise=S_noise, eta=eta, order=order)

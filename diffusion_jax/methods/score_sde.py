@@ -12,6 +12,7 @@ samplers run on it and consistency distillation can use it as a teacher.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -61,15 +62,18 @@ class ScoreSDE:
         rngs = {"dropout": rng} if train else None
         return self.model.apply({"params": params}, x, t, cond, train=train, rngs=rngs)
 
-    def score_fn(self, params, cond=None, *, train: bool = False, rng=None):
-        """s(x, t) = grad_x log p_t(x) from the network (see the module docstring)."""
-        def score(x, t):
-            out = self.apply(params, x, self.sde.noise_conditioning(t), cond, train=train,
-                             rng=rng)
+    def score_fn(self, params, cond=None, *, train: bool = False, rng=None, **guidance_options):
+        """s(x, t) = grad_x log p_t(x) from the network (see the module docstring) with the
+        condition `cond`; with the guidance options of `sample`, s_u + w (s_c - s_u)
+        (`guidance.guide`, the interval in the EDM sigma(t) / alpha(t) of time t)."""
+        def score(x, t, c=None):
+            out = self.apply(params, x, self.sde.noise_conditioning(t), c, train=train, rng=rng)
             if isinstance(self.sde, VESDE):
                 return out
             return -out / expand(self.sde.sigma(t), out)
-        return score
+        score = guidance.guide(score, cond, self.num_classes, self.caption_length,
+                               sigma_of=self.sde.edm_sigma, **guidance_options)
+        return lambda x, t: denoisers.call(score, x, t, cond)
 
     def conditional_denoiser(self, params):
         """D(x, sigma[, cond]) = E[x0 | x0 + sigma n = x] by Tweedie's formula on the score at
@@ -77,10 +81,11 @@ class ScoreSDE:
         score = lambda x, t, cond=None: self.score_fn(params, cond)(x, t)  # noqa: E731
         return denoisers.from_vp_score(score, self.sde.t_of_edm_sigma, self.sde.alpha)
 
-    def denoiser(self, params, cond=None):
-        """D(x, sigma) with the condition `cond` fixed (None: unconditional / null label)."""
-        D = self.conditional_denoiser(params)
-        return lambda x, sigma: denoisers.call(D, x, sigma, cond)
+    def denoiser(self, params, cond=None, **guidance_options):
+        """D(x, sigma) with the condition `cond` fixed (None: unconditional / null label), by
+        Tweedie's formula on `score_fn` (guided as it says)."""
+        return denoisers.from_vp_score(self.score_fn(params, cond, **guidance_options),
+                                       self.sde.t_of_edm_sigma, self.sde.alpha)
 
     def loss(self, params, batch: dict, rng: jax.Array):
         """Continuous-time denoising score matching (Eq. 7, `losses.dsm.dsm_loss`)."""
@@ -103,7 +108,9 @@ class ScoreSDE:
                atol: float = 1e-5, sigma_min: float = 0.0, sigma_max: float = 0.0,
                rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0, S_max: float = 1e9,
                S_noise: float = 1.0, eta: float = 1.0, order: int = 3,
-               spacing: str = "logsnr"):
+               spacing: str = "logsnr", guidance_scale: float = 1.0,
+               guidance_sigma_lo: float = 0.0, guidance_sigma_hi: float = math.inf,
+               negative_label: int = -1, negative_prompt: str = ""):
         """(images, {"nfe": network evaluations}) from standard-normal `x_init`.
 
         'pc': predictor-corrector over `num_steps` times from T to `eps` (Algorithm 1-3 of the
@@ -114,9 +121,14 @@ class ScoreSDE:
         `num_steps` fixed steps). Every other method is an EDM / DPM-Solver / DDIM sampler
         (`methods.edm.fast_sample`) on `denoiser` between sigma_min and sigma_max, which default
         (0) to the SDE's own range sigma(eps) / alpha(eps) .. sigma(T) / alpha(T).
+        guidance_scale w != 1: classifier-free guidance s_u + w (s_c - s_u) for every sampler,
+        with the options of `methods.edm.EDM.sample` (`score_fn`).
         """
+        guiding = dict(guidance_scale=guidance_scale, guidance_sigma_lo=guidance_sigma_lo,
+                       guidance_sigma_hi=guidance_sigma_hi, negative_label=negative_label,
+                       negative_prompt=negative_prompt)
         prior = self.sde.prior_std * x_init
-        score = self.score_fn(params, cond)
+        score = self.score_fn(params, cond, **guiding)
         if method == "pc":
             x, nfe = pc.pc_sample(score, self.sde, rng, x_init.shape, predictor=predictor,
                                   corrector=corrector, snr=snr,
@@ -127,7 +139,7 @@ class ScoreSDE:
                                 **_ode_options(ode_solver, rtol, atol, num_steps))
         else:
             lo, hi = self.sigma_range(eps)
-            x = fast_sample(self.denoiser(params, cond), rng, x_init, method=method,
+            x = fast_sample(self.denoiser(params, cond, **guiding), rng, x_init, method=method,
                             num_steps=num_steps, sigma_min=sigma_min or lo,
                             sigma_max=sigma_max or hi, rho=rho, S_churn=S_churn, S_min=S_min,
                             S_max=S_max, S_noise=S_noise, eta=eta, order=order,
@@ -155,6 +167,7 @@ class ScoreSDE:
         """
         o = {**keyword_defaults(self.sample), **options}
         method, num_steps, eps = o["method"], o["num_steps"], o["eps"]
+        guiding = {k: o[k] for k in guidance.OPTIONS}
         tasks = EDIT_TASKS if method == "pc" else ("sdedit",) if method == "ode" else (
             "inpaint", "sdedit")
         if task not in tasks:
@@ -167,9 +180,9 @@ class ScoreSDE:
             sample_fn = grid_sampler(method, S_churn=o["S_churn"], S_min=o["S_min"],
                                      S_max=o["S_max"], S_noise=o["S_noise"], eta=o["eta"],
                                      order=o["order"])
-            return edit_with_sampler(sample_fn, sigmas, self.conditional_denoiser(params), rng,
-                                     x, mask, cond, task=task, strength=strength)
-        score = self.score_fn(params, cond)
+            return edit_with_sampler(sample_fn, sigmas, self.denoiser(params, cond, **guiding),
+                                     rng, x, mask, task=task, strength=strength)
+        score = self.score_fn(params, cond, **guiding)
         pc_options = {k: o[k] for k in ("predictor", "corrector", "snr", "n_corrector_steps",
                                         "num_steps", "eps", "denoise")}
         if task == "inpaint":
