@@ -112,7 +112,7 @@ def build_model(config):
         return module(num_classes=num_classes(config), **kwargs)
     if "cross_attention" not in fields:
         raise ConfigError(f"model {cfg.name!r} has no cross-attention for text.encoder; use "
-                          f"unet or dit")
+                          f"unet, ncsnpp or dit")
     backbone = module(num_classes=0, **{**kwargs, "cross_attention": True})
     return TextConditioned(backbone=backbone, encoder=build_text_encoder(config, backbone.dtype),
                            caption_length=length)

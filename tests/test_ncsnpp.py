@@ -122,6 +122,36 @@ def test_dropout_is_active_only_in_training():
     assert not np.allclose(run(jax.random.key(1), True), run(jax.random.key(2), True))
 
 
+def test_without_cross_attention_the_parameters_are_unchanged():
+    """188,769: the count of this net (configs/edm/digits.py) before cross_attention existed."""
+    shapes = jax.eval_shape(NCSNpp(**TINY).init, jax.random.key(0), X, SIGMA)["params"]
+    assert count_params(shapes) == 188_769
+    assert not any(k.startswith("SpatialTransformer") or k == "context_emb" for k in shapes)
+
+
+CONTEXT = jax.random.normal(jax.random.key(2), (2, 5, 8))
+MASK = jnp.array([[True, True, True, False, False], [True] * 5])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_cross_attention_follows_the_context_and_ignores_masked_tokens(dtype):
+    model = NCSNpp(**TINY, cross_attention=True, num_heads=2, dtype=dtype)
+    params = random_params(model, X, SIGMA, {"context": CONTEXT, "mask": MASK})
+    assert {k for k in params if k.startswith(("AttnBlockpp", "SpatialTransformer"))} == {
+        "SpatialTransformer_0", "SpatialTransformer_1", "SpatialTransformer_2"}  # down, middle, up
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    apply = jax.jit(lambda p, context: model.apply({"params": p}, X, SIGMA,
+                                                   {"context": context, "mask": MASK}))
+    out = np.asarray(apply(params, CONTEXT))
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    np.testing.assert_array_equal(apply(params, CONTEXT.at[0, 3:].set(100.0)), out)
+    other_caption = CONTEXT.at[:, :3].multiply(-1.0)
+    assert np.all(np.max(np.abs(apply(params, other_caption) - out), axis=(1, 2, 3)) > 1e-2)
+    no_pooling = dict(params, context_emb=jax.tree.map(jnp.zeros_like, params["context_emb"]))
+    assert np.all(np.max(np.abs(apply(no_pooling, other_caption) - apply(no_pooling, CONTEXT)),
+                         axis=(1, 2, 3)) > 1e-2)  # through the cross-attention alone
+
+
 def test_unknown_option_is_rejected_with_the_valid_names():
     with pytest.raises(ValueError, match="output_skip"):
         jax.eval_shape(NCSNpp(**TINY, progressive="skip").init, jax.random.key(0), X, SIGMA)

@@ -8,6 +8,7 @@ resolutions, channel multipliers (2, 2, 2), the attention q/k/v initialised at 0
 default variance, and the noise label c_noise embedded as given. EDM's 'skip' encoder and
 decoder are progressive_input='input_skip' with progressive_combine='sum' and
 progressive='output_skip'; its 'residual' encoder is progressive_input='residual'.
+With `cross_attention` the net is text-conditional as the U-Net of `unet.py` is.
 
 The `*_kwargs` functions return the constructor arguments of the paper settings.
 """
@@ -20,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.models.attention import SpatialTransformer, masked_mean
 from diffusion_jax.models.layers import default_init, rematerialized, sinusoidal_embedding
 from diffusion_jax.models.up_down import Downsample, Upsample, downsample_2d, upsample_2d
 
@@ -186,6 +188,11 @@ class NCSNpp(nn.Module):
     output by t, so t must then be sigma. `num_classes` > 0 adds a label embedding to the
     noise embedding (before the embedding MLP, as in EDM); label `num_classes` is the null
     label for classifier-free guidance. `centered=False` maps data in [0, 1] to [-1, 1] first.
+    With `cross_attention`, cond is a context {"context": (B, L, D), "mask": (B, L) bool}
+    (`text_encoder.TextConditioned`): the attention blocks (at `attn_resolutions` and in the
+    middle) become `attention.SpatialTransformer`s that also attend to it, and a Dense of its
+    masked mean joins the noise embedding after the embedding MLP (Rombach et al. 2022,
+    Sec. 3.3), as in `unet.UNet`.
     """
 
     nf: int = 128
@@ -213,6 +220,9 @@ class NCSNpp(nn.Module):
     out_channels: Optional[int] = None
     dtype: Dtype = jnp.float32
     remat: bool = False  # recompute residual blocks' activations in the backward pass
+    cross_attention: bool = False
+    num_heads: int = 4  # heads of the cross-attention transformer blocks
+    transformer_depth: int = 1
 
     def _check(self):
         for field, valid in _CHOICES.items():
@@ -220,9 +230,13 @@ class NCSNpp(nn.Module):
                 raise ValueError(f"{field}={getattr(self, field)!r}; valid: {', '.join(valid)}")
         if self.num_classes > 0 and not self.conditional:
             raise ValueError("num_classes > 0 needs conditional=True (labels join the noise embedding)")
+        if self.cross_attention and not self.conditional:
+            raise ValueError("cross_attention needs conditional=True (the pooled context joins the "
+                             "noise embedding)")
 
     def _embed(self, t, cond):
-        """Noise embedding -> (label embedding added) -> Dense, SiLU, Dense; returns SiLU(temb)."""
+        """Noise embedding -> (label embedding added) -> Dense, SiLU, Dense (-> Dense of the pooled
+        context added); returns SiLU(temb)."""
         s = jnp.log(t) if self.embed_log_t else t
         if self.embedding_type == "fourier":
             temb = GaussianFourierProjection(self.nf, self.fourier_scale, name="fourier_proj")(s)
@@ -234,11 +248,16 @@ class NCSNpp(nn.Module):
             temb = temb + nn.Embed(self.num_classes + 1, temb.shape[-1], name="label_emb")(cond)
         temb = nn.Dense(4 * self.nf, dtype=self.dtype, kernel_init=default_init, name="temb_dense0")(temb)
         temb = nn.Dense(4 * self.nf, dtype=self.dtype, kernel_init=default_init, name="temb_dense1")(nn.silu(temb))
+        if self.cross_attention:
+            temb = temb + nn.Dense(4 * self.nf, dtype=self.dtype, kernel_init=default_init,
+                                   name="context_emb")(masked_mean(cond["context"], cond["mask"]))
         return nn.silu(temb)
 
     @nn.compact
     def __call__(self, x, t, cond=None, train: bool = False):
         self._check()
+        if self.cross_attention and cond is None:
+            raise ValueError("a cross-attention NCSN++ needs a context {'context', 'mask'}")
         out_ch = self.out_channels or x.shape[-1]
         dt = self.dtype
         t = jnp.asarray(t, jnp.float32)
@@ -254,6 +273,9 @@ class NCSNpp(nn.Module):
                 ch, up, down, self.dropout, kernel, self.skip_rescale, self.init_scale, dt)
 
         def attn(h):
+            if self.cross_attention:
+                return SpatialTransformer(self.num_heads, self.transformer_depth, dt)(
+                    h, cond["context"], cond["mask"])
             return AttnBlockpp(self.skip_rescale, self.init_scale, self.qkv_init_scale, dt)(h)
 
         if not self.centered:
