@@ -296,10 +296,3 @@ def build_latent(config, latent) -> LatentDiffusion:
                            dataset=config.data.dataset,
                            data_dir=config.data.data_dir, scale_examples=latent.scale_examples,
                            cache_dir=latent.cache_dir)
-
-
-def sampler_kwargs(config) -> dict:
-    """The sampling options of `config.sampling` that the method's `sample` takes."""
-    s = config.sampling
-    return {k: v for k, v in s.items() if k not in ("num_samples", "batch_size", "use_ema",
-                                                     "every", "seed")}

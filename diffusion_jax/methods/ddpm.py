@@ -36,11 +36,6 @@ def marginal_coefficients(schedule: DiscreteSchedule, t: jax.Array):
     return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
 
 
-def drop_labels(rng, labels, p: float, null_label: int):
-    """Replace each label by the null label with probability p (classifier-free guidance)."""
-    return jnp.where(jax.random.uniform(rng, labels.shape) < p, null_label, labels)
-
-
 @dataclasses.dataclass(frozen=True)
 class DDPM:
     """The DDPM method: model + discrete schedule + prediction target."""
@@ -82,7 +77,7 @@ class DDPM:
                                         guidance.null_condition(0, self.caption_length))
         if not self.num_classes:
             return None
-        return drop_labels(rng, batch["label"], self.label_dropout, self.num_classes)
+        return guidance.drop_labels(rng, batch["label"], self.label_dropout, self.num_classes)
 
     def prediction_fn(self, params, cond: Optional[jax.Array] = None, **guidance_options):
         """The network's prediction F(x_t, t) (epsilon, x0 or v) with the condition `cond`; with

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import _groups, default_init, group_norm, zero_init
+from diffusion_jax.models.layers import default_init, group_count, group_norm, zero_init
 
 Dtype = Any
 
@@ -79,7 +79,7 @@ class SpatialTransformer(nn.Module):
     @nn.compact
     def __call__(self, x, context=None, mask=None):
         b, hgt, wid, c = x.shape
-        h = group_norm(self.dtype, _groups(c))(x)
+        h = group_norm(self.dtype, group_count(c))(x)
         h = nn.Dense(c, dtype=self.dtype, kernel_init=default_init, name="proj_in")(h)
         h = h.reshape(b, hgt * wid, c)
         for i in range(self.depth):

@@ -16,8 +16,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import (AttnBlock, Downsample, Upsample, _groups, default_init,
-                                         group_norm, zero_init)
+from diffusion_jax.models.layers import (AttnBlock, Downsample, Upsample, default_init,
+                                         group_count, group_norm, zero_init)
 
 Dtype = Any
 
@@ -60,9 +60,9 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = nn.silu(group_norm(self.dtype, _groups(x.shape[-1]))(x))
+        h = nn.silu(group_norm(self.dtype, group_count(x.shape[-1]))(x))
         h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=default_init)(h)
-        h = nn.silu(group_norm(self.dtype, _groups(self.out_ch))(h))
+        h = nn.silu(group_norm(self.dtype, group_count(self.out_ch))(h))
         h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zero_init)(h)
         if x.shape[-1] != self.out_ch:
             x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name="nin_shortcut")(x)
@@ -79,7 +79,7 @@ def middle_block(h, attention: bool, dtype):
 
 def conv_out(h, channels: int, dtype):
     """GroupNorm, SiLU, 3x3 conv to `channels`, as float32."""
-    h = nn.silu(group_norm(dtype, _groups(h.shape[-1]))(h))
+    h = nn.silu(group_norm(dtype, group_count(h.shape[-1]))(h))
     return nn.Conv(channels, (3, 3), dtype=dtype, name="conv_out")(h).astype(jnp.float32)
 
 

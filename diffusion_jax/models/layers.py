@@ -42,12 +42,16 @@ def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) ->
 
 
 def group_norm(dtype: Dtype, num_groups: int = 32, name: Optional[str] = None) -> nn.GroupNorm:
-    """GroupNorm with at most 32 groups (fewer when the channel count is small); eps 1e-6."""
+    """GroupNorm with `num_groups` groups (`group_count` of the channels); eps 1e-6."""
     return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype, name=name)
 
 
-def _groups(channels: int, max_groups: int = 32) -> int:
-    return math.gcd(channels, max_groups)
+def group_count(channels: int, max_groups: int = 32) -> int:
+    """GroupNorm groups for `channels`: 32 (Ho et al.) at the paper widths, fewer in narrow
+    layers so that every group keeps at least 4 channels (score_sde's min(C // 4, 32)), and a
+    divisor of C. With one channel per group, GroupNorm would subtract each channel's spatial
+    mean and with it the per-channel time and label embedding that the residual block adds."""
+    return math.gcd(channels, max(1, min(max_groups, channels // 4)))
 
 
 class ResnetBlock(nn.Module):
@@ -63,10 +67,10 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x, temb, train: bool):
         in_ch = x.shape[-1]
-        h = nn.silu(group_norm(self.dtype, _groups(in_ch))(x))
+        h = nn.silu(group_norm(self.dtype, group_count(in_ch))(x))
         h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
         h = h + nn.Dense(self.out_ch, dtype=self.dtype)(nn.silu(temb))[:, None, None, :]
-        h = nn.silu(group_norm(self.dtype, _groups(self.out_ch))(h))
+        h = nn.silu(group_norm(self.dtype, group_count(self.out_ch))(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zero_init)(h)
         if in_ch != self.out_ch:
@@ -83,7 +87,7 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, hgt, wid, c = x.shape
-        h = group_norm(self.dtype, _groups(c))(x)
+        h = group_norm(self.dtype, group_count(c))(x)
         qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=default_init, name="qkv")(h).reshape(b, hgt * wid, 3, 1, c)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         h = jax.nn.dot_product_attention(q, k, v).reshape(b, hgt, wid, c)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.models.attention import SpatialTransformer, masked_mean
 from diffusion_jax.models.layers import (AttnBlock, Downsample, ResnetBlock, Upsample,
-                                         _groups, default_init, group_norm,
+                                         default_init, group_count, group_norm,
                                          rematerialized, sinusoidal_embedding, zero_init)
 
 
@@ -94,7 +94,7 @@ class UNet(nn.Module):
                 h = Upsample(self.resamp_with_conv, self.dtype)(h)
         assert not skips
 
-        h = nn.silu(group_norm(self.dtype, _groups(h.shape[-1]))(h))
+        h = nn.silu(group_norm(self.dtype, group_count(h.shape[-1]))(h))
         h = nn.Conv(out_ch, (3, 3), dtype=self.dtype, kernel_init=zero_init, name="conv_out")(h)
         return h.astype(jnp.float32)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import jax
 import orbax.checkpoint as ocp
 
 from diffusion_jax.errors import CheckpointError
