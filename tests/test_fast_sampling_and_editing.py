@@ -15,7 +15,6 @@ from diffusion_jax import analytic, builders, denoisers, launcher
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods import ddpm, edm
 from diffusion_jax.processes import schedules
-from diffusion_jax.samplers import ddpm as ddpm_samplers
 from diffusion_jax.samplers import edm as edm_samplers
 from test_edm_method import tiny_edm_config
 

@@ -2,7 +2,6 @@
 through the method on the exact score of a Gaussian mixture, bits/dim of Gaussian data, the
 paper configs' parameter counts, and digits training / sampling / eval through the launcher."""
 import json
-import math
 import os
 
 import jax
