@@ -1,30 +1,47 @@
 """diffusers' UNet2DModel with the DDPM CIFAR-10 configuration (configs/ddpm/cifar10.py), the
 PyTorch baseline both benchmark scripts time. torch and diffusers are optional: `available()`
-is False without them or without CUDA, and nothing here is imported at module level."""
+is False without them or without the device, and nothing here is imported at module level.
+The device is "cuda" for real numbers; "cpu" (`--torch_device cpu`) only checks that the
+comparison code runs."""
 from __future__ import annotations
 
 
-def available() -> bool:
-    """torch and diffusers importable and a CUDA device present."""
+def available(device: str = "cuda") -> bool:
+    """torch and diffusers importable and `device` present."""
     try:
         import diffusers  # noqa: F401
         import torch
     except ImportError:
         return False
-    return torch.cuda.is_available()
+    return device == "cpu" or torch.cuda.is_available()
 
 
-def unet(image_size: int = 32):
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU, which runs eagerly)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def unet(image_size: int = 32, device: str = "cuda", tiny: bool = False):
     """The DDPM CIFAR-10 U-Net in diffusers (35.7M parameters at ch 128, ch_mult (1, 2, 2, 2),
-    2 blocks, attention at 16x16, dropout 0.1), on the GPU."""
+    2 blocks, attention at 16x16, dropout 0.1) on `device`; `tiny`: the shape of
+    `_common.network_config(..., tiny=True)` (16 channels, (1, 2), 1 block, attention at the
+    second level) for smoke runs."""
     from diffusers import UNet2DModel
 
-    return UNet2DModel(sample_size=image_size, in_channels=3, out_channels=3,
-                       block_out_channels=(128, 256, 256, 256), layers_per_block=2,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
-                                         "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-                       dropout=0.1).cuda()
+    if tiny:
+        shape = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=4,
+                     down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                     up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    else:
+        shape = dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+                     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
+                                       "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    return UNet2DModel(sample_size=image_size, in_channels=3, out_channels=3, dropout=0.1,
+                       **shape).to(device)
 
 
 def ddpm_scheduler_kwargs() -> dict:

@@ -25,8 +25,9 @@ clipping), DDIMScheduler (50, eta 0), DPMSolverMultistepScheduler (20, solver_or
 algorithm_type dpmsolver++) and HeunDiscreteScheduler with use_karras_sigmas (18 steps: its
 1 + 2 x 17 = 35 evaluations, EDM's Heun with a final Euler step), with the same warm-up /
 median protocol (torch.cuda.synchronize after each call; noise drawn on the GPU, inside the
-timing) and the ratio ours / theirs printed per row. `--tiny` shrinks the network for a CPU
-smoke run (and skips diffusers).
+timing) and the ratio ours / theirs printed per row, beside diffusers' network evaluations
+per sample as its loop counts them. `--tiny` shrinks both networks for a CPU smoke
+run; `--torch_device cpu` runs the diffusers rows on the CPU (a check that they run).
 """
 from __future__ import annotations
 
@@ -99,16 +100,18 @@ def time_ours(method, params, batch: int, samplers, steps_scale: float, repeats:
 
 
 def time_diffusers(batch: int, samplers, steps_scale: float, repeats: int, image_size: int,
-                   dtype: str):
-    """{row: s per batch} for diffusers (same row names as `time_ours`), {} without it."""
-    if not _diffusers.available():
-        return {}
+                   dtype: str, device: str = "cuda", tiny: bool = False):
+    """({row: s per batch}, {row: network evaluations}) for diffusers (same row names as
+    `time_ours`), empty without it. The scheduler loops count their network calls."""
+    if not _diffusers.available(device):
+        return {}, {}
     import torch
     from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                            HeunDiscreteScheduler)
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    net = torch.compile(_diffusers.unet(image_size).eval())
+    net = torch.compile(_diffusers.unet(image_size, device, tiny).eval())
+    calls = [0]
     autocast = dtype == "bfloat16"
     shape = (batch, 3, image_size, image_size)
     sched = _diffusers.ddpm_scheduler_kwargs()
@@ -122,36 +125,40 @@ def time_diffusers(batch: int, samplers, steps_scale: float, repeats: int, image
     }
 
     def timed(call):
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+        with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=autocast):
             call()
-            torch.cuda.synchronize()
+            _diffusers.synchronize(device)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 call()
-                torch.cuda.synchronize()
+                _diffusers.synchronize(device)
                 times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    x = torch.randn(shape, device="cuda")
-    t = torch.full((batch,), 500, device="cuda")
+    x = torch.randn(shape, device=device)
+    t = torch.full((batch,), 500, device=device)
     rows = {"eval": timed(lambda: net(x, t).sample)}
+    evaluations = {}
     for name in samplers:
         n = scaled_steps(name, steps_scale)
         scheduler = schedulers[name]()
-        scheduler.set_timesteps(n, device="cuda")
 
         def loop(scheduler=scheduler):
-            xt = torch.randn(shape, device="cuda") * scheduler.init_noise_sigma
+            scheduler.set_timesteps(n, device=device)  # also resets the multistep state
+            xt = torch.randn(shape, device=device) * scheduler.init_noise_sigma
             for step_t in scheduler.timesteps:
                 eps = net(scheduler.scale_model_input(xt, step_t), step_t).sample
+                calls[0] += 1
                 xt = scheduler.step(eps.float(), step_t, xt).prev_sample
             return xt
 
+        calls[0] = 0
         rows[f"{name} {n} steps"] = timed(loop)
+        evaluations[f"{name} {n} steps"] = calls[0] // (repeats + 1)
         print(f"  timed diffusers {name}: {rows[f'{name} {n} steps']:.3f} s per batch",
               flush=True)
-    return rows
+    return rows, evaluations
 
 
 def main(argv=None):
@@ -166,6 +173,8 @@ def main(argv=None):
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--tiny", action="store_true",
                         help="tiny network (16 channels, 1 block): CPU smoke runs only")
+    parser.add_argument("--torch_device", default="cuda",
+                        help="device of the diffusers rows ('cpu': check that they run)")
     parser.add_argument("--compilation_cache_dir", default=_common.DEFAULT_CACHE_DIR,
                         help="persistent XLA compilation cache ('' = off)")
     args = parser.parse_args(argv)
@@ -181,16 +190,16 @@ def main(argv=None):
           f"{args.image_size}x{args.image_size}, median of {args.repeats}"
           f"{', tiny network' if args.tiny else ''}")
     ours = time_ours(method, params, args.batch, samplers, args.steps_scale, args.repeats)
-    theirs = ({} if args.tiny else
-              time_diffusers(args.batch, samplers, args.steps_scale, args.repeats,
-                             args.image_size, args.dtype))
+    theirs, their_nfe = time_diffusers(args.batch, samplers, args.steps_scale, args.repeats,
+                                       args.image_size, args.dtype, args.torch_device, args.tiny)
     print("\n| row | network evaluations | ours s per batch | ours images/s | ours compile s "
-          "| diffusers s per batch | diffusers images/s | ours / diffusers |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| diffusers evaluations | diffusers s per batch | diffusers images/s "
+          "| ours / diffusers |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row, nfe, s, compile_s in ours:
         ref = theirs.get(row)
-        their_cells = (f"{ref:.4g} | {args.batch / ref:,.1f} | {ref / s:.2f}x" if ref
-                       else "n/a | n/a | n/a")
+        their_cells = (f"{their_nfe.get(row, 1)} | {ref:.4g} | {args.batch / ref:,.1f} | "
+                       f"{ref / s:.2f}x" if ref else "n/a | n/a | n/a | n/a")
         print(f"| {row} | {nfe} | {s:.4g} | {args.batch / s:,.1f} | {compile_s:.1f} | "
               f"{their_cells} |")
 

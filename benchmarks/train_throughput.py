@@ -19,8 +19,9 @@ compile included; with the persistent compilation cache a second launch loads it
 (`training.steps_per_call`), timed per call and divided by the count.
 When torch and diffusers are importable with CUDA, diffusers' UNet2DModel with the DDPM U-Net's
 configuration (`_diffusers.unet`) is timed in the same run (eager and torch.compile, tf32 and
-bf16 autocast) and the DDPM rows print their ratio to it. `--tiny` shrinks every network to a
-few hundred thousand parameters for a CPU smoke run.
+bf16 autocast) and the DDPM rows print their ratio to it. `--tiny` shrinks every network,
+diffusers' too, to a few hundred thousand parameters for a CPU smoke run; `--torch_device cpu`
+then runs the diffusers rows on the CPU (a check that they run, not a comparison).
 """
 from __future__ import annotations
 
@@ -73,9 +74,10 @@ def time_ours(network: str, dtype: str, batch: int, steps: int, image_size: int,
     return steps_per_call * batch / seconds, flops, count_params(state.params), compile_s
 
 
-def time_diffusers(batch: int, steps: int, image_size: int):
+def time_diffusers(batch: int, steps: int, image_size: int, device: str = "cuda",
+                   tiny: bool = False):
     """(mode, images/s) rows for diffusers' UNet2DModel, or [] when torch/diffusers are absent."""
-    if not _diffusers.available():
+    if not _diffusers.available(device):
         return []
     import torch
 
@@ -83,14 +85,14 @@ def time_diffusers(batch: int, steps: int, image_size: int):
     rows = []
     for compiled in (False, True):
         for autocast in (False, True):
-            model = _diffusers.unet(image_size)
+            model = _diffusers.unet(image_size, device, tiny)
             opt = torch.optim.Adam(model.parameters(), lr=2e-4)
             fwd = torch.compile(model) if compiled else model
-            x = torch.randn(batch, 3, image_size, image_size, device="cuda")
-            t = torch.randint(0, 1000, (batch,), device="cuda")
+            x = torch.randn(batch, 3, image_size, image_size, device=device)
+            t = torch.randint(0, 1000, (batch,), device=device)
 
             def step():
-                with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+                with torch.autocast(device, torch.bfloat16, enabled=autocast):
                     loss = torch.nn.functional.mse_loss(fwd(x, t).sample, x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -98,12 +100,12 @@ def time_diffusers(batch: int, steps: int, image_size: int):
 
             for _ in range(5):
                 step()
-            torch.cuda.synchronize()
+            _diffusers.synchronize(device)
             times = []
             for _ in range(steps):
                 t0 = time.perf_counter()
                 step()
-                torch.cuda.synchronize()
+                _diffusers.synchronize(device)
                 times.append(time.perf_counter() - t0)
             mode = (f"diffusers {'compiled' if compiled else 'eager'} "
                     f"{'bf16' if autocast else 'tf32'}")
@@ -124,6 +126,8 @@ def main(argv=None):
     parser.add_argument("--matmul", type=int, default=0, help="ceiling matmul size (0: auto)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny networks (16 channels, 1 block): CPU smoke runs only")
+    parser.add_argument("--torch_device", default="cuda",
+                        help="device of the diffusers rows ('cpu': check that they run)")
     parser.add_argument("--compilation_cache_dir", default=_common.DEFAULT_CACHE_DIR,
                         help="persistent XLA compilation cache ('' = off)")
     args = parser.parse_args(argv)
@@ -143,8 +147,9 @@ def main(argv=None):
                 mode = f"diffusion_jax {dtype}" + (f" {k} steps/call" if k > 1 else "")
                 rows.append((network, params, flops, mode, ips, compile_s))
                 print(f"  timed {network} {mode}: {ips:,.1f} images/s", flush=True)
-        if network == "ddpm" and not args.tiny:
-            for mode, ips in time_diffusers(args.batch, args.steps, args.image_size):
+        if network == "ddpm":
+            for mode, ips in time_diffusers(args.batch, args.steps, args.image_size,
+                                            args.torch_device, args.tiny):
                 rows.append((network, params, flops, mode, ips, float("nan")))
     reference = next((r[4] for r in rows if r[3] == "diffusers compiled bf16"), None)
     print("\n| network | params | forward GFLOP | mode | train images/s | MFU | compile s "
