@@ -36,9 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,
         inception_weights="", reference_stats="",
-        # test-set bits/dim of methods with a likelihood (score_sde); 0 examples = off
+        # test-set bits/dim of methods with a likelihood (score_sde, ddpm); 0 examples = off;
+        # divergence / rtol / atol: the score SDEs' ODE; timesteps: the DDPM variational bound,
+        # 0 = exact over all T terms (T network evaluations per image), K > 0 = an unbiased
+        # estimate from K uniformly drawn timesteps (K + 1 evaluations)
         bpd_num_examples=0, bpd_batch_size=500, bpd_divergence="rademacher", bpd_rtol=1e-5,
-        bpd_atol=1e-5))
+        bpd_atol=1e-5, bpd_timesteps=0))
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0,
                                                    process_id=-1))
     # device mesh: data x fsdp devices (-1 = the rest); fsdp > 1 shards parameters, EMA and

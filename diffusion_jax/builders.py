@@ -140,7 +140,8 @@ def build_ddpm(config, model, image_shape):
     return DDPM(model=model, schedule=schedules.make_schedule(d.schedule, d.num_timesteps, **kwargs),
                 image_shape=image_shape, prediction=d.prediction,
                 num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0),
-                caption_length=caption_length(config))
+                caption_length=caption_length(config),
+                num_levels=dataset_spec(config).num_levels)
 
 
 def build_edm(config, model, image_shape):

@@ -18,6 +18,7 @@ path; see `inception.preprocess`).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -154,10 +155,24 @@ def shapes_caption_metrics(samples: np.ndarray) -> dict:
             "shapes_position_accuracy": float(np.mean(shapes.position_of(samples) == position))}
 
 
+def bits_per_dim_options(method, config) -> dict:
+    """The keywords of `method.bits_per_dim` among the likelihood settings: `eval.bpd_divergence`,
+    `bpd_rtol`, `bpd_atol` (score SDEs' ODE), `eval.bpd_timesteps` and the model's
+    `sampling.variance`, `clip_x0` (the DDPM bound)."""
+    e, s = config.eval, config.sampling
+    settings = dict(divergence=e.bpd_divergence, rtol=e.bpd_rtol, atol=e.bpd_atol,
+                    timesteps=e.bpd_timesteps, variance=s.get("variance"),
+                    clip_x0=s.get("clip_x0"))
+    accepted = inspect.signature(method.bits_per_dim).parameters
+    return {k: v for k, v in settings.items() if k in accepted}
+
+
 def test_bits_per_dim(config, mesh, method, params) -> dict:
     """Test-set bits/dim of a method with a likelihood (`method.bits_per_dim`): the first
-    `eval.bpd_num_examples` test images, uniformly dequantised, in batches of
-    `eval.bpd_batch_size` sharded over the mesh (each process feeds its slice of a batch)."""
+    `eval.bpd_num_examples` test images as they are stored, quantised (score SDEs dequantise
+    them themselves, the DDPM bound's decoder is discrete), in batches of `eval.bpd_batch_size`
+    sharded over the mesh (each process feeds its slice of a batch), with the options of
+    `bits_per_dim_options`."""
     from diffusion_jax import parallel
 
     e = config.eval
@@ -167,7 +182,7 @@ def test_bits_per_dim(config, mesh, method, params) -> dict:
     n = min(e.bpd_num_examples, len(source))
     ndev, nproc = mesh.devices.size, jax.process_count()
     batch = -(-min(e.bpd_batch_size, n) // ndev) * ndev
-    options = dict(divergence=e.bpd_divergence, rtol=e.bpd_rtol, atol=e.bpd_atol)
+    options = bits_per_dim_options(method, config)
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     fn = jax.jit(lambda p, rng, x: method.bits_per_dim(p, rng, x, **options),
                  in_shardings=(None, rep, shard), out_shardings=(shard, rep))
