@@ -94,6 +94,7 @@ def tiny_launch(workdir, *extra):
     return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_launch_trains_samples_and_resamples_with_dpm_solver(tmp_path):
     result = tiny_launch(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -53,6 +53,7 @@ def test_autoencoder_reconstructs_digits_after_a_short_run(autoencoder_run):
     assert samples.shape == (8, 8, 8, 1) and np.isfinite(samples).all()  # decoded prior noise
 
 
+@pytest.mark.slow
 def test_latent_edm_trains_on_cached_latents_and_samples_digits(autoencoder_run, tmp_path):
     workdir, cache = str(tmp_path / "latent"), str(tmp_path / "cache")
     args = [*LATENT, f"--workdir={workdir}", f"--config.latent.autoencoder_workdir={autoencoder_run}",

@@ -124,6 +124,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert len(steps) == 1 and int(steps[0]) >= 5
 
 
+@pytest.mark.slow
 def test_eval_writes_metrics_and_resumes_without_redoing_finished_batches(trained):
     args = tiny(trained, "--mode=eval", "--config.eval.num_samples=24",
                 "--config.eval.batch_size=8", "--config.sampling.method=ddim",

@@ -101,6 +101,7 @@ def test_gradient_accumulation_equals_one_big_batch():
         assert float(mk["pred_mean"]) == pytest.approx(float(m1["pred_mean"]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_trains_through_the_loop(tmp_path):
     config = tiny_ddpm_config(num_steps=4, batch_size=32, grad_accum_steps=2, log_every=2)
     state, _ = train(config, str(tmp_path))
@@ -145,6 +146,7 @@ def test_call_sizes_keep_every_log_and_checkpoint_step():
     assert list(call_sizes(0, 8, 4, (4, 8))) == [4, 4]
 
 
+@pytest.mark.slow
 def test_steps_per_call_trains_through_the_loop_like_single_steps(tmp_path):
     config = tiny_ddpm_config(num_steps=10, log_every=5, checkpoint_every=10)
     config.optim.eps = ADAM_EPS
@@ -163,6 +165,7 @@ def test_steps_per_call_trains_through_the_loop_like_single_steps(tmp_path):
         train(config, str(tmp_path / "bad"))
 
 
+@pytest.mark.slow
 def test_checkpoint_from_8_devices_restores_on_2_and_1_and_continues_equal(tmp_path):
     """Saved FSDP-sharded on 8 devices, restored onto 2 (FSDP) and onto 1, trained on."""
     config = tiny_ddpm_config(num_steps=2, checkpoint_every=2, batch_size=16)
@@ -206,6 +209,7 @@ def test_bfloat16_compute_changes_the_output_only_by_bf16_rounding():
     assert 1e-5 < rel < 3e-2
 
 
+@pytest.mark.slow
 def test_fast_training_path_follows_the_plain_one_to_bf16_rounding():
     """The benchmarked path (bf16 compute, remat, 2 steps per jitted call, FSDP 2 x 4) against
     the plain one (float32, single steps, data parallel) from the same initial parameters and

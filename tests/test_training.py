@@ -30,6 +30,7 @@ def test_training_on_digits_lowers_the_loss(tmp_path):
     assert np.mean(losses[-3:]) < 0.6 * losses[0]
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(tmp_path):
     straight, _ = train(tiny_ddpm_config(num_steps=20), str(tmp_path / "straight"))
     train(tiny_ddpm_config(num_steps=10), str(tmp_path / "resumed"))
@@ -43,6 +44,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     np.testing.assert_allclose([m["loss"] for m in log_a], [m["loss"] for m in log_b], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
     train(tiny_ddpm_config(num_steps=10), str(tmp_path))
     with open(tmp_path / "metrics.jsonl", "a") as f:
