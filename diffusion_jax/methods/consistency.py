@@ -30,6 +30,7 @@ from diffusion_jax import preconditioning
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.losses import consistency as objectives
 from diffusion_jax.methods.edm import edit_with_sampler
+from diffusion_jax.methods.network import apply_network, init_network
 from diffusion_jax.samplers import consistency as sampler
 
 TRAINING_MODES = ("cd", "ct", "ict")
@@ -68,14 +69,12 @@ class Consistency:
 
     # --- network and consistency function -------------------------------------------------
     def init_params(self, rng: jax.Array):
-        x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
-        cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
-        return jax.jit(self.model.init)(rng, x, jnp.zeros((1,)), cond)["params"]
+        return init_network(self.model, rng, self.image_shape, jnp.zeros((1,)),
+                            self.num_classes)
 
     def apply(self, params, x, c_noise, cond=None, *, train: bool = False, rng=None):
         """The raw backbone F(x_in, c_noise[, cond])."""
-        rngs = {"dropout": rng} if train else None
-        return self.model.apply({"params": params}, x, c_noise, cond, train=train, rngs=rngs)
+        return apply_network(self.model, params, x, c_noise, cond, train=train, rng=rng)
 
     def consistency_fn(self, params, *, train: bool = False, rng=None):
         """f(x, sigma[, cond]) = c_skip x + c_out F(c_in x, c_noise[, cond])."""

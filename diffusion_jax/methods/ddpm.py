@@ -15,6 +15,7 @@ import numpy as np
 
 from diffusion_jax import denoisers, guidance, variational_bound
 from diffusion_jax.methods import edm
+from diffusion_jax.methods.network import apply_network, init_network
 from diffusion_jax.processes import parameterization
 from diffusion_jax.processes.schedules import DiscreteSchedule
 from diffusion_jax.samplers import ddpm as ddpm_samplers
@@ -50,13 +51,12 @@ class DDPM:
     num_levels: int = 256  # pixel levels of the data, for the discretized decoder of bits/dim
 
     def init_params(self, rng: jax.Array):
-        x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
-        cond = guidance.example_condition(self.num_classes, self.caption_length)
-        return jax.jit(self.model.init)(rng, x, jnp.zeros((1,)), cond)["params"]
+        return init_network(self.model, rng, self.image_shape, jnp.zeros((1,)),
+                            self.num_classes, self.caption_length)
 
     def apply(self, params, x, t, cond=None, *, train: bool = False, rng=None):
-        rngs = {"dropout": rng} if train else None
-        return self.model.apply({"params": params}, x, t, cond, train=train, rngs=rngs)
+        """The raw network F(x_t, t[, cond]), t the timestep."""
+        return apply_network(self.model, params, x, t, cond, train=train, rng=rng)
 
     def loss(self, params, batch: dict, rng: jax.Array):
         """L_simple: t ~ U{0..T-1}, eps ~ N(0, I), mean ||target - model(x_t, t)||^2."""

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from diffusion_jax import denoisers, guidance, preconditioning
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.losses.edm import edm_loss
+from diffusion_jax.methods.network import apply_network, init_network
 from diffusion_jax.processes import schedules
 from diffusion_jax.processes.schedules import DiscreteSchedule
 from diffusion_jax.samplers import ddpm as ddpm_samplers
@@ -151,14 +152,12 @@ class EDM:
         return PRECONDITIONINGS[self.precond](self.sigma_data)
 
     def init_params(self, rng: jax.Array):
-        x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
-        cond = guidance.example_condition(self.num_classes, self.caption_length)
-        return jax.jit(self.model.init)(rng, x, jnp.zeros((1,)), cond)["params"]
+        return init_network(self.model, rng, self.image_shape, jnp.zeros((1,)),
+                            self.num_classes, self.caption_length)
 
     def apply(self, params, x, c_noise, cond=None, *, train: bool = False, rng=None):
         """The raw network F(x_in, c_noise[, cond])."""
-        rngs = {"dropout": rng} if train else None
-        return self.model.apply({"params": params}, x, c_noise, cond, train=train, rngs=rngs)
+        return apply_network(self.model, params, x, c_noise, cond, train=train, rng=rng)
 
     def conditional_denoiser(self, params, *, train: bool = False, rng=None):
         """D(x, sigma[, cond]) = c_skip x + c_out F(c_in x, c_noise[, cond]) (Eq. 7)."""

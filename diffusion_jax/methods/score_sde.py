@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import denoisers, guidance
+from diffusion_jax.errors import ConfigError
 from diffusion_jax.likelihood import dequantized_bpd
 from diffusion_jax.losses.dsm import dsm_loss
-from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.edm import (FAST_SAMPLERS, edit_with_sampler, fast_sample,
                                        fast_sample_nfe, grid_sampler, keyword_defaults,
                                        sampler_sigmas)
+from diffusion_jax.methods.network import apply_network, init_network
 from diffusion_jax.processes.sde import SDE, VESDE, expand
 from diffusion_jax.samplers import pc, pc_inverse
 from diffusion_jax.samplers.ode import ode_sample
@@ -52,15 +53,13 @@ class ScoreSDE:
     caption_length: int = 0  # > 0: conditioned on (B, caption_length) caption tokens
 
     def init_params(self, rng: jax.Array):
-        x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
-        t = self.sde.noise_conditioning(jnp.full((1,), 0.5))
-        cond = guidance.example_condition(self.num_classes, self.caption_length)
-        return jax.jit(self.model.init)(rng, x, t, cond)["params"]
+        return init_network(self.model, rng, self.image_shape,
+                            self.sde.noise_conditioning(jnp.full((1,), 0.5)), self.num_classes,
+                            self.caption_length)
 
     def apply(self, params, x, t, cond=None, *, train: bool = False, rng=None):
         """The raw network F(x, t[, cond]), t its noise conditioning (999 t VP, sigma(t) VE)."""
-        rngs = {"dropout": rng} if train else None
-        return self.model.apply({"params": params}, x, t, cond, train=train, rngs=rngs)
+        return apply_network(self.model, params, x, t, cond, train=train, rng=rng)
 
     def score_fn(self, params, cond=None, *, train: bool = False, rng=None, **guidance_options):
         """s(x, t) = grad_x log p_t(x) from the network (see the module docstring) with the
