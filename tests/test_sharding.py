@@ -57,6 +57,7 @@ def test_mesh_shapes_and_bad_meshes():
         builders.build_mesh(config)
 
 
+@pytest.mark.slow
 def test_fsdp_and_data_parallel_steps_equal_one_device():
     config = tiny_ddpm_config()
     config.optim.eps = ADAM_EPS
@@ -184,6 +185,7 @@ def test_checkpoint_from_8_devices_restores_on_2_and_1_and_continues_equal(tmp_p
     _assert_trees_close(finals[2].ema_params, finals[1].ema_params)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients_and_parameter_tree():
     x, t = jnp.ones((2, 8, 8, 1)), jnp.full((2,), 3.0)
     plain, remat = UNet(**TINY_MODEL), UNet(remat=True, **TINY_MODEL)

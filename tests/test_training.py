@@ -23,6 +23,7 @@ def assert_trees_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol)
 
 
+@pytest.mark.slow
 def test_training_on_digits_lowers_the_loss(tmp_path):
     train(tiny_ddpm_config(num_steps=150, log_every=15, checkpoint_every=150), str(tmp_path))
     losses = [m["loss"] for m in workdir_io.read_metrics(str(tmp_path))]
