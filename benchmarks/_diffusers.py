@@ -5,6 +5,9 @@ The device is "cuda" for real numbers; "cpu" (`--torch_device cpu`) only checks 
 comparison code runs."""
 from __future__ import annotations
 
+import statistics
+import time
+
 
 def available(device: str = "cuda") -> bool:
     """torch and diffusers importable and `device` present."""
@@ -22,6 +25,21 @@ def synchronize(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def median_seconds(call, repeats: int, device: str, warmup: int = 1) -> float:
+    """Median seconds of `repeats` calls of call() after `warmup` untimed ones (which compile
+    a torch.compile'd network), each waited for on `device`."""
+    for _ in range(warmup):
+        call()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def unet(image_size: int = 32, device: str = "cuda", tiny: bool = False):

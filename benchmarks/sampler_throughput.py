@@ -126,15 +126,7 @@ def time_diffusers(batch: int, samplers, steps_scale: float, repeats: int, image
 
     def timed(call):
         with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=autocast):
-            call()
-            _diffusers.synchronize(device)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                call()
-                _diffusers.synchronize(device)
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            return _diffusers.median_seconds(call, repeats, device)
 
     x = torch.randn(shape, device=device)
     t = torch.full((batch,), 500, device=device)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -98,18 +97,10 @@ def time_diffusers(batch: int, steps: int, image_size: int, device: str = "cuda"
                 loss.backward()
                 opt.step()
 
-            for _ in range(5):
-                step()
-            _diffusers.synchronize(device)
-            times = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                step()
-                _diffusers.synchronize(device)
-                times.append(time.perf_counter() - t0)
+            seconds = _diffusers.median_seconds(step, steps, device, warmup=5)
             mode = (f"diffusers {'compiled' if compiled else 'eager'} "
                     f"{'bf16' if autocast else 'tf32'}")
-            rows.append((mode, batch / statistics.median(times)))
+            rows.append((mode, batch / seconds))
     return rows
 
 
