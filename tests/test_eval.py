@@ -4,7 +4,7 @@ import pytest
 
 from configs.ddpm import cifar10, digits
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.evaluation.runner import dataset_metrics
+from diffusion_jax.evaluation.metrics import dataset_metrics
 
 
 def test_fid_without_inception_weights_names_the_config_key():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.evaluation import inception
-from diffusion_jax.evaluation.features import flatten_variables
+from diffusion_jax.weight_files import flatten_variables
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models.attention import SpatialTransformer, masked_mean
@@ -97,7 +96,3 @@ class UNet(nn.Module):
         h = nn.silu(group_norm(self.dtype, group_count(h.shape[-1]))(h))
         h = nn.Conv(out_ch, (3, 3), dtype=self.dtype, kernel_init=zero_init, name="conv_out")(h)
         return h.astype(jnp.float32)
-
-
-def count_params(params) -> int:
-    return sum(int(p.size) for p in jax.tree.leaves(params))

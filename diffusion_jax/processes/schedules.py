@@ -27,6 +27,28 @@ class DiscreteSchedule:
         return self.betas.shape[0]
 
 
+def marginal_coefficients(schedule: DiscreteSchedule, t: jax.Array):
+    """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) at integer (or float) t."""
+    ab = schedule.alpha_bars[jnp.asarray(t).astype(jnp.int32)]
+    return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+
+
+def q_sample(schedule: DiscreteSchedule, x0: jax.Array, t: jax.Array, noise: jax.Array):
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t integer indices (B,) (Eq. 4)."""
+    alpha, sigma = marginal_coefficients(schedule, t)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    return alpha.reshape(shape) * x0 + sigma.reshape(shape) * noise
+
+
+def posterior_mean_coefficients(schedule: DiscreteSchedule, i):
+    """(c_0, c_t) of the posterior mean mu_tilde_t(x_t, x_0) = c_0 x_0 + c_t x_t of
+    q(x_{t-1} | x_t, x_0) (Eq. 7): c_0 = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t),
+    c_t = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)."""
+    s = schedule
+    return (jnp.sqrt(s.alpha_bars_prev[i]) * s.betas[i] / (1.0 - s.alpha_bars[i]),
+            jnp.sqrt(s.alphas[i]) * (1.0 - s.alpha_bars_prev[i]) / (1.0 - s.alpha_bars[i]))
+
+
 def from_betas(betas) -> DiscreteSchedule:
     betas64 = np.asarray(betas, dtype=np.float64)
     alpha_bars = np.cumprod(1.0 - betas64)
