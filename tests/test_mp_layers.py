@@ -14,8 +14,7 @@ from scipy import integrate
 
 from diffusion_jax.models import mp_layers
 from diffusion_jax.models.mp_layers import (MPConv, MPFourier, cosine_attention,
-                                            force_weight_norm, mp_cat, mp_silu, mp_sum,
-                                            normalize_weight, pixel_norm)
+                                            force_weight_norm, mp_cat, mp_silu, mp_sum, pixel_norm)
 
 N = 200_000
 
