@@ -188,7 +188,7 @@ def test_bfloat16_compute_is_close_and_outputs_float32():
     F, u = apply_fn("uncond", jnp.bfloat16)(import_precond(state_dict), x_in, c_noise, None)
     assert F.dtype == jnp.float32 and u.dtype == jnp.float32
     rel = float(jnp.linalg.norm(F - data["F"]) / np.linalg.norm(data["F"]))
-    assert rel < 0.05, rel  # measured 0.006
+    assert rel < 0.05, rel  # measured 0.010
     np.testing.assert_allclose(u, data["logvar"], atol=2e-6)  # u stays float32
 
 
