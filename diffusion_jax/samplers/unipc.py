@@ -58,9 +58,8 @@ def _update(x, m_s, earlier_ms, sigma_s, earlier_sigmas, sigma_t, p, variant, pr
     else:
         a, c = 1.0, sigma_t
     x_t = a * x - c * jnp.expm1(hh) * m_s
-    num_earlier = p - 1
-    r = [(-jnp.log(earlier_sigmas[k]) - lam_s) / h for k in range(num_earlier)]
-    D1 = [(earlier_ms[k] - m_s) / r[k] for k in range(num_earlier)]
+    r = [(-jnp.log(earlier_sigmas[k]) - lam_s) / h for k in range(p - 1)]
+    D1 = [(earlier_ms[k] - m_s) / r[k] for k in range(p - 1)]
     if m_t is not None:
         r.append(jnp.ones_like(h))
         D1.append(m_t - m_s)
@@ -99,8 +98,8 @@ def unipc_sample(denoiser: Callable, rng: jax.Array, shape, *, sigmas: jax.Array
     D, sigmas, x, _ = start(denoiser, rng, shape, sigmas, x_init, cond)
     num_steps = sigmas.shape[0] - 1
     orders = jnp.asarray(unipc_orders(num_steps, order, lower_order_final))
-    corrected = np.array([i > 0 and i - 1 not in set(disable_corrector) for i in range(num_steps)])
-    corrected = jnp.asarray(corrected)
+    skipped = set(disable_corrector)
+    corrected = jnp.asarray([i > 0 and i - 1 not in skipped for i in range(num_steps)])
 
     def model(x, sigma):
         denoised = D(x, sigma)
