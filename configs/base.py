@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,
         inception_weights="", reference_stats="",
+        # FID/IS input protocol (evaluation/inception.py `preprocess`): tensorflow = the 2015
+        # graph's own resize and scaling (TTUR, EDM, the published statistics); pytorch_fid =
+        # pytorch-fid's half-pixel resize and 2 v / 255 - 1
+        inception_protocol="tensorflow",
         # test-set bits/dim of methods with a likelihood (score_sde, ddpm); 0 examples = off;
         # divergence / rtol / atol: the score SDEs' ODE; timesteps: the DDPM variational bound,
         # 0 = exact over all T terms (T network evaluations per image), K > 0 = an unbiased

@@ -79,3 +79,35 @@ def edit(family, params, rng, x, mask, cond=None, /, *, aux=None, task, strength
     """`family.edit` (a method) with the sampler `family.sampler(**options)`."""
     return family.edit(params, rng, x, mask, cond, aux=aux, sampler=family.sampler(**options),
                        task=task, strength=strength)
+
+
+DATA = os.path.join(ROOT, "tests", "data")
+
+
+def load_tool(name):
+    """The module `tools/<name>.py` (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_state_dict(fixture):
+    """The seeded state dict (`tools/reference_weights.py`) of a reference-output fixture that
+    stores its tensors as `names`, `shapes` (JSON) and `seed`."""
+    import json
+
+    weights = load_tool("reference_weights")
+    return weights.state_dict(int(fixture["seed"]), [str(n) for n in fixture["names"]],
+                              json.loads(str(fixture["shapes"])))
+
+
+def max_relative_error(actual, expected):
+    """max |actual - expected| / max |expected|: float32 rounding through a deep network is
+    about 1e-6; a mis-mapped tensor is of order 1."""
+    import numpy as np
+
+    expected = np.asarray(expected, np.float64)
+    return float(np.max(np.abs(np.asarray(actual, np.float64) - expected)) / np.max(np.abs(expected)))

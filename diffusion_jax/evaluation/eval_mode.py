@@ -72,9 +72,9 @@ def evaluate(config, workdir: str, mesh, method, state, sampler, conditions=None
         with open(os.path.join(directory, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
         MetricsLog(workdir, resume_step=step).write(
-            step, {f"eval/{k}": v for k, v in metrics.items()})
+            step, {f"eval/{k}": v for k, v in metrics.items() if not isinstance(v, str)})
         print(f"| metric (step {step}, {len(samples)} samples, {sampler.method}) | value |")
         print("|---|---|")
         for k, v in metrics.items():
-            print(f"| {k} | {v:.4f} |")
+            print(f"| {k} | {v if isinstance(v, str) else f'{v:.4f}'} |")
     return 0

@@ -6,8 +6,16 @@ position detectors. Every other data set uses the FID Inception-v3 (2015-12-05 g
 weights `eval.inception_weights` names: FID against `eval.reference_stats` (an `.npz` with
 `mu`, `sigma`, e.g. the published CIFAR-10 training-set statistics) or, when that is empty,
 against `eval.num_reference` images of the `eval.reference_split` split; KID and
-precision/recall always use those real images. Protocol: samples are quantised to uint8, then
-resized to 299x299 (`inception.preprocess`).
+precision/recall always use those real images.
+
+Protocol (`eval.inception_protocol`, recorded as `inception_protocol` in the metrics): samples
+are quantised to uint8 as they would be saved, then resized to 299x299 bilinearly and scaled to
+the network's range, either as the TensorFlow graph of 2015-12-05 does it (`tensorflow`, the
+default: `ResizeBilinear` without half-pixel centres, (v - 128) / 128; the protocol of TTUR's
+and EDM's FID code and of the published statistics files) or as pytorch-fid does
+(`pytorch_fid`: half-pixel bilinear resize, 2 v / 255 - 1). FIDs under the two differ
+slightly; compare numbers of one protocol only (see `inception.preprocess`). Reference
+statistics are computed with the same protocol as the samples.
 """
 from __future__ import annotations
 
@@ -74,16 +82,20 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
         return feature_metrics(digits_feature_fn(batch(512), mesh=mesh), samples,
                                _reference_images(config, e.num_reference), prefix="digits_",
                                reference_stats=stats, stats_path=stats_path)
-    from diffusion_jax.evaluation.inception import inception_feature_fn
+    from diffusion_jax.errors import choose
+    from diffusion_jax.evaluation.inception import PROTOCOLS, inception_feature_fn
 
+    protocol = e.get("inception_protocol", "tensorflow")
+    choose("eval.inception_protocol", protocol, PROTOCOLS)
     if not e.inception_weights:
         raise ConfigError(f"eval of {config.data.dataset!r} needs the FID Inception weights: "
                           f"set eval.inception_weights (see tools/convert_inception_weights.py)")
     if not os.path.exists(e.inception_weights):
         raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
-    return feature_metrics(inception_feature_fn(e.inception_weights, batch(200), mesh), samples,
-                           _reference_images(config, e.num_reference), reference_stats=stats,
-                           stats_path=stats_path)
+    features = inception_feature_fn(e.inception_weights, batch(200), mesh, protocol=protocol)
+    return dict(feature_metrics(features, samples, _reference_images(config, e.num_reference),
+                                reference_stats=stats, stats_path=stats_path),
+                inception_protocol=protocol)
 
 
 def shapes_caption_metrics(samples: np.ndarray) -> dict:
