@@ -13,7 +13,7 @@ from diffusion_jax.errors import ConfigError
 from diffusion_jax.importers.edm2 import import_precond
 from diffusion_jax.models.edm2_unet import EDM2UNet, preset_kwargs
 from diffusion_jax.models.mp_layers import fourier_constants, force_weight_norm
-from diffusion_jax.models.unet import count_params
+from diffusion_jax.model_size import count_params
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 

@@ -191,15 +191,14 @@ def test_an_edm_state_dict_file_imports_as_its_snapshot(tmp_path):
 
 def test_write_imported_run_is_restored_as_a_training_run(tmp_path):
     """The work directory of an import restores through the launcher's path
-    (`training.loop.restore_state`): params and EMA params are the imported weights."""
-    from diffusion_jax import parallel
-    from diffusion_jax.training.loop import restore_state
+    (`runs.restore`): params and EMA params are the imported weights."""
+    from diffusion_jax import parallel, runs
     from diffusion_jax.workdir import read_config
 
     config, params = edm.import_network(os.path.join(DATA, "edm_ddpmpp_tiny.pkl"),
                                         load_config("configs/edm/cifar10_uncond.py"))
     write_imported_run(str(tmp_path), config, params)
-    _, state = restore_state(read_config(str(tmp_path)), str(tmp_path), parallel.make_mesh())
+    _, state = runs.restore(read_config(str(tmp_path)), str(tmp_path), parallel.make_mesh())
     assert int(state.step) == 0
     jax.tree.map(np.testing.assert_array_equal, state.params, params)
     jax.tree.map(np.testing.assert_array_equal, state.ema_params, params)

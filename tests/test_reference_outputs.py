@@ -22,7 +22,8 @@ from diffusion_jax.config_files import load_config
 from diffusion_jax.importers import diffusers_unet, edm, torch_files
 from diffusion_jax.models.layers import Downsample
 from diffusion_jax.models.ncsnpp import NCSNpp
-from diffusion_jax.models.unet import UNet, count_params
+from diffusion_jax.model_size import count_params
+from diffusion_jax.models.unet import UNet
 
 TOLERANCE = 2e-5  # relative to the output's largest entry; measured 1e-6 to 5e-6
 

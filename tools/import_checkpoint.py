@@ -67,7 +67,7 @@ def run(args) -> None:
     from diffusion_jax.importers.run import launch_overrides, write_imported_run
 
     if args.command == "export-diffusers":
-        from diffusion_jax.training.loop import restore_run
+        from diffusion_jax.runs import restore_run
 
         config, _, state = restore_run(args.workdir)
         diffusers_unet.export_unet(args.out, config, state.ema_params)
