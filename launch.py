@@ -25,9 +25,9 @@ MEMBER_OVERRIDES = []  # a sweep command's --config.KEY=VALUE arguments, for eve
 FLAGS = flags.FLAGS
 
 
-def fail(message: str):
+def fail(message: str, exit_code: int = 2):
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(exit_code)
 
 
 def _check_override_keys(argv):
@@ -144,7 +144,9 @@ def main(argv):
 
         return run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.train_workdir or None,
                    prompt=FLAGS.prompt, negative_prompt=FLAGS.negative_prompt)
-    except (UserError, FileNotFoundError) as e:
+    except UserError as e:
+        fail(str(e), e.exit_code)
+    except FileNotFoundError as e:
         fail(str(e))
 
 

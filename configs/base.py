@@ -14,12 +14,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.training = ml_collections.ConfigDict(dict(
         num_steps=1000, batch_size=128, checkpoint_every=1000, log_every=100, seed=0,
         ema_decay=0.9999, max_checkpoints=3, sample_at_end=True, grad_accum_steps=1,
-        steps_per_call=1))
+        steps_per_call=1,
+        # EMA warm-up (training.step.ema_schedule): none (the papers' DDPM / score-SDE EMA),
+        # power (min(decay, (1 + k) / (10 + k))) or edm (half-life capped at
+        # ema_rampup_ratio x images seen, Karras et al. 2022)
+        ema_warmup="none", ema_rampup_ratio=0.05,
+        preview_samples=16))  # a sample grid at every checkpoint (samples/step_N.png); 0 = off
     c.optim = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, warmup_steps=5000,
                                              grad_clip=1.0, beta1=0.9, beta2=0.999, eps=1e-8,
                                              weight_decay=0.0))
+    # save_pngs: a directory for one PNG per sample (external FID tools); "" = none
     c.sampling = ml_collections.ConfigDict(dict(num_samples=64, batch_size=64, use_ema=True,
-                                                seed=1))
+                                                seed=1, save_pngs=""))
+    # TensorBoard event files in WORKDIR/tensorboard (tensorboardX, no TensorFlow); a Weights &
+    # Biases run when wandb_project is set (never contacted otherwise)
+    c.logging = ml_collections.ConfigDict(dict(tensorboard=True, wandb_project="",
+                                               wandb_run_id=""))
     # Editing in --mode=sample (diffusion_jax/edit_inputs.py): task none | inpaint | sdedit;
     # input: a PNG or a directory of PNGs; mask: PNG(s), white = known pixel; strength in [0, 1].
     # Text conditioning on a captioned data set (shapes): encoder none | bytes (a small

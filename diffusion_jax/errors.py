@@ -2,7 +2,10 @@
 
 
 class UserError(Exception):
-    """A mistake the user can fix: a bad config, a missing data set or checkpoint."""
+    """A mistake the user can fix: a bad config, a missing data set or checkpoint. The launcher
+    prints it as one line and exits with `exit_code`."""
+
+    exit_code = 2
 
 
 class ConfigError(UserError):
@@ -15,6 +18,12 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, or does not match the config."""
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradient norm became non-finite; the last checkpoint is kept as it was."""
+
+    exit_code = 1
 
 
 def choose(kind: str, name: str, choices) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from PIL import Image
@@ -10,6 +11,20 @@ from PIL import Image
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """[-1, 1] floats -> uint8 by round(127.5 (x + 1)), clipped."""
     return np.clip(np.round(127.5 * (np.asarray(images, np.float32) + 1.0)), 0, 255).astype(np.uint8)
+
+
+def quantize(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats as an 8-bit image file would hold them (`to_uint8`), back in [-1, 1]: what
+    every sample metric sees."""
+    return to_uint8(images).astype(np.float32) / 127.5 - 1.0
+
+
+def save_each(directory: str, images: np.ndarray) -> None:
+    """One PNG per image in [-1, 1]: `directory/000000.png`, `000001.png`, ..."""
+    os.makedirs(directory, exist_ok=True)
+    for i, image in enumerate(to_uint8(images)):
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+            os.path.join(directory, f"{i:06d}.png"))
 
 
 def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:

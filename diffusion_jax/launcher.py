@@ -1,17 +1,19 @@
 """The launcher's modes: train, sample, eval, info. `launch.py` parses flags and calls `run`."""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import builders, edit_inputs, parallel, runs, sampling, text
+from diffusion_jax import builders, edit_inputs, monitoring, parallel, runs, sampling, text
 from diffusion_jax import workdir as workdir_io
 from diffusion_jax.data.datasets import open_dataset
-from diffusion_jax.errors import ConfigError, choose
+from diffusion_jax.errors import CheckpointError, ConfigError, choose
 from diffusion_jax.model_size import count_flops, count_params
 from diffusion_jax.training import loop
 from diffusion_jax.training.optim import make_optimizer
@@ -26,7 +28,8 @@ def training_settings(config) -> loop.Settings:
                          checkpoint_every=t.checkpoint_every, log_every=t.log_every, seed=t.seed,
                          ema_decay=t.ema_decay, max_checkpoints=t.max_checkpoints,
                          grad_accum_steps=t.grad_accum_steps, steps_per_call=t.steps_per_call,
-                         random_flip=config.data.random_flip)
+                         random_flip=config.data.random_flip, ema_warmup=t.ema_warmup,
+                         ema_rampup_ratio=t.ema_rampup_ratio)
 
 
 def run(config, workdir: str, mode: str, train_workdir: str | None = None, prompt: str = "",
@@ -55,68 +58,134 @@ def run(config, workdir: str, mode: str, train_workdir: str | None = None, promp
     if negative_prompt:
         sampler = sampler.replace(negative_prompt=negative_prompt)
     mesh = builders.build_mesh(config)
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        workdir_io.write_config(workdir, config)
-        with open(os.path.join(workdir, "run.json"), "w") as f:
-            json.dump(workdir_io.run_metadata(config.training.seed), f, indent=2)
+    validate(config, workdir, mode, train_workdir, mesh)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create --workdir {workdir!r}: {e.strerror}") from None
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:
+            stack.enter_context(workdir_io.WorkdirLock(workdir, mode))
+            workdir_io.write_config(workdir, config)
+            with open(os.path.join(workdir, "run.json"), "w") as f:
+                json.dump(workdir_io.run_metadata(config.training.seed), f, indent=2)
+        return _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sampler)
+
+
+def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sampler) -> int:
     if mode == "train":
-        state, interrupted = train(config, workdir, mesh, method)
+        state, interrupted = train(config, workdir, mesh, method, sampler)
         if interrupted:
             print(f"stopped by SIGTERM at step {int(state.step)}; checkpoint saved", flush=True)
             return 143
         if config.training.sample_at_end:
-            return _sample(config, workdir, mesh, method, sampler, state)
+            return _sample(config, workdir, mesh, method, sampler, state,
+                           name=f"step_{int(state.step)}")
         return 0
     method, state = runs.restore(config, train_workdir or workdir, mesh)
     if mode == "sample":
         if config.edit.task != "none":
             return _edit(config, workdir, mesh, method, sampler, state)
-        return _sample(config, workdir, mesh, method, sampler, state, prompt)
+        return _sample(config, workdir, mesh, method, sampler, state, prompt,
+                       name=f"sample_{int(state.step)}_{config.sampling.seed}"
+                       + ("_prompt" if prompt else ""))
     from diffusion_jax.evaluation.eval_mode import evaluate
 
     return evaluate(config, workdir, mesh, method, state, sampler,
                     caption_conditions(config, config.eval.num_samples))
 
 
-def train(config, workdir: str, mesh=None, method=None):
-    """`training.loop.train` of the configured method (built here unless given), optimizer, data
-    and requirements, on `mesh` (default: `builders.build_mesh(config)`); returns (final state,
-    whether SIGTERM stopped it)."""
+def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
+    """Every check that needs nothing heavy, before any file is written: the work directory,
+    the counts and rates of the config, the training data set and its size, the checkpoint a
+    sample or eval run restores, the logging options. Each failure is a one-line UserError."""
+    _check_workdir(workdir)
+    s, o = config.sampling, config.optim
+    counts = [("sampling.num_samples", s.num_samples), ("sampling.batch_size", s.batch_size)]
+    if mode == "eval":
+        counts += [("eval.num_samples", config.eval.num_samples),
+                   ("eval.batch_size", config.eval.batch_size)]
+    for key, value in counts:
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(f"optim.lr must be a finite number > 0, got {o.lr}")
+    if not (math.isfinite(o.grad_clip) and o.grad_clip >= 0) or o.warmup_steps < 0:
+        raise ConfigError(f"optim.grad_clip must be finite and >= 0 and optim.warmup_steps >= 0, "
+                          f"got {o.grad_clip} and {o.warmup_steps}")
+    monitoring.check(config)
+    if mode == "train":
+        settings = training_settings(config)
+        settings.check(mesh.devices.size)
+        _, source, _ = open_dataset(config.data.dataset, "train",
+                                    data_dir=config.data.data_dir or None,
+                                    download=config.data.download)
+        if settings.batch_size > len(source):
+            raise ConfigError(f"training.batch_size {settings.batch_size} is larger than the "
+                              f"{len(source)} training examples of {config.data.dataset!r}")
+    elif loop.latest_checkpoint(train_workdir or workdir) is None:
+        raise CheckpointError(f"no checkpoint in {train_workdir or workdir!r}: train there first "
+                              f"(--mode=train) or pass --train_workdir")
+
+
+def _check_workdir(workdir: str) -> None:
+    """ConfigError unless `workdir` is, or can be made, a writable directory."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir!r} is a file, not a directory")
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir!r} is not writable ({existing!r} is not a "
+                          f"writable directory)")
+
+
+def train(config, workdir: str, mesh=None, method=None, sampler=None):
+    """`training.loop.train` of the configured method (built here unless given), optimizer, data,
+    requirements and monitoring hooks (`monitoring.training_hooks`), on `mesh` (default:
+    `builders.build_mesh(config)`); returns (final state, whether SIGTERM stopped it)."""
     mesh = builders.build_mesh(config) if mesh is None else mesh
     method = builders.build_method(config) if method is None else method
+    sampler = builders.build_sampler(config, method) if sampler is None else sampler
     settings = training_settings(config)
     settings.check(mesh.devices.size)
     optimizer = make_optimizer(config.optim)
     placeholders = lambda: loop.abstract_state(method, optimizer, mesh).aux  # noqa: E731
+    hooks = monitoring.training_hooks(
+        config, workdir, mesh, method, sampler,
+        caption_conditions(config, config.training.preview_samples))
     return loop.train(method, optimizer, mesh, settings, workdir,
                       runs.training_data(method, config),
-                      lambda: runs.resolve(method.requirements(), config, placeholders()))
+                      lambda: runs.resolve(method.requirements(), config, placeholders()), hooks)
 
 
-def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "") -> int:
+def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "", *,
+            name: str) -> int:
+    """`sampling.num_samples` samples as `samples/<name>.png` and `.npz` (and one PNG per image
+    in `sampling.save_pngs` when set)."""
     s = config.sampling
     params = state.ema_params if s.use_ema else state.params
     conditions = caption_conditions(config, s.num_samples, prompt)
     images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples,
                                _fit_batch(s.batch_size, mesh), mesh, sampler, aux=state.aux,
-                               conditions=conditions)
+                               conditions=conditions, desc="sample")
     if jax.process_index() == 0:
         labels = (sampling.class_labels(len(images), method.num_classes) if conditions is None
                   else conditions)
-        name = f"step_{int(state.step)}" + ("_prompt" if prompt else "")
         png = sampling.save_samples(os.path.join(workdir, "samples"), name, images, labels,
                                     captions=None if conditions is None else
-                                    [text.detokenize(c) for c in conditions])
+                                    [text.detokenize(c) for c in conditions],
+                                    png_dir=s.save_pngs)
         print(f"wrote {len(images)} samples to {png}", flush=True)
     return 0
 
 
 def caption_conditions(config, num: int, prompt: str = ""):
     """The caption tokens (num, L) to sample a text-conditional model with: `prompt` for every
-    image, or else the captions of the test split in order (None without text conditioning)."""
+    image, or else the captions of the test split in order (None without text conditioning, or
+    for no image)."""
     length = builders.caption_length(config)
-    if not length:
+    if not length or num < 1:
         return None
     if prompt:
         return np.repeat(text.tokenize(prompt, length)[None], num, axis=0)

@@ -10,6 +10,7 @@ import numpy as np
 from diffusion_jax import images as image_io
 from diffusion_jax import parallel
 from diffusion_jax.errors import ConfigError
+from diffusion_jax.progress import Progress
 from diffusion_jax.samplers.sampler import Sampler
 
 
@@ -50,7 +51,8 @@ def class_labels(num: int, num_classes: int, offset: int = 0):
 
 
 def generate(method, params, rng, num: int, batch_size: int, mesh, sampler: Sampler,
-             start_batch: int = 0, on_batch=None, aux=None, conditions=None) -> np.ndarray:
+             start_batch: int = 0, on_batch=None, aux=None, conditions=None, sample_fn=None,
+             desc: str = "") -> np.ndarray:
     """`num` images in batches of `batch_size` (a multiple of the device count).
 
     Batch b uses fold_in(rng, b) and class labels continuing from b * batch_size, or rows
@@ -58,14 +60,22 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, sampler: Samp
     resumed generation (`start_batch`) draws the same images. `on_batch(b, images, labels,
     statistics)` is called after each batch (to save it); the concatenated images of the
     batches run are returned. `aux`: the train state's aux, for a method that keeps aux state.
+    `sample_fn`: a `make_sample_fn` program to reuse (compiled once, e.g. for grids at every
+    checkpoint). `desc` names the phase for the progress display (none when empty).
     """
     ndev = mesh.devices.size
     if batch_size % ndev:
         raise ConfigError(f"sampling batch size {batch_size} is not divisible by the "
                           f"{ndev} devices")
-    fn = make_sample_fn(method, mesh, sampler, batch_size)
+    fn = sample_fn or make_sample_fn(method, mesh, sampler, batch_size)
+    num_batches = -(-num // batch_size)
+    progress = Progress(num_batches, desc, "batch", bool(desc) and jax.process_index() == 0,
+                        initial=start_batch)
+    if start_batch < num_batches:
+        progress.note(f"{num} images in {num_batches} batches of {batch_size} with "
+                      f"{sampler.method}; the first batch compiles the sampler")
     out = []
-    for b in range(start_batch, -(-num // batch_size)):
+    for b in range(start_batch, num_batches):
         batch_conditions = None
         if conditions is not None:
             rows = np.minimum(np.arange(b * batch_size, (b + 1) * batch_size), num - 1)
@@ -79,23 +89,31 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, sampler: Samp
             on_batch(b, imgs, None if labels is None else labels[:len(imgs)],
                      {k: float(v) for k, v in stats.items()})
         out.append(imgs)
+        progress.update(1, line=True)
+    progress.close()
     if not out:
         return np.zeros((0,) + tuple(method.image_shape), np.float32)
     return np.concatenate(out)
 
 
 def save_samples(directory: str, name: str, images: np.ndarray, labels=None,
-                 captions=None) -> str:
-    """`name.png` (grid, small images enlarged) and `name.npz` (raw images, labels, and the
-    captions of a text-conditional model) in directory."""
+                 captions=None, png_dir: str = "") -> str:
+    """`name.png` (grid, small images enlarged) and `name.npz` in `directory`: `images` clipped to
+    the data range [-1, 1] (what the grid and the metrics see), `raw_images` as the sampler
+    returned them, the labels, and the captions of a text-conditional model. With `png_dir`, one
+    PNG per image there too (`000000.png`, ...: the input of external FID tools)."""
     os.makedirs(directory, exist_ok=True)
     upscale = max(1, 64 // images.shape[1])
     png = os.path.join(directory, f"{name}.png")
     image_io.save_grid(png, images[:256], upscale=upscale)
-    arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
+    arrays = {"images": np.clip(images, -1.0, 1.0), "raw_images": images}
+    if labels is not None:
+        arrays["labels"] = labels
     if captions is not None:
         arrays["captions"] = np.asarray(captions)
     np.savez_compressed(os.path.join(directory, f"{name}.npz"), **arrays)
+    if png_dir:
+        image_io.save_each(png_dir, images)
     return png
 
 

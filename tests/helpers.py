@@ -11,7 +11,7 @@ from configs.ddpm import digits  # noqa: E402
 TINY_MODEL = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
 TINY_OVERRIDES = ["--config.model.ch=16", "--config.model.ch_mult=(1,2)",
                   "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=()",
-                  "--config.diffusion.num_timesteps=100"]
+                  "--config.diffusion.num_timesteps=100", "--config.training.preview_samples=0"]
 
 
 def tiny_ddpm_config(**training):
@@ -20,7 +20,8 @@ def tiny_ddpm_config(**training):
     config.model.update(TINY_MODEL)
     config.diffusion.num_timesteps = 100
     config.training.update(dict(dict(num_steps=20, batch_size=32, checkpoint_every=10,
-                                     log_every=5, sample_at_end=False), **training))
+                                     log_every=5, sample_at_end=False,
+                                     preview_samples=0), **training))
     config.optim.update(warmup_steps=0, lr=2e-3)
     config.sampling.update(num_samples=8, batch_size=8, num_steps=100)
     return config

@@ -13,7 +13,7 @@ LAYERS = {
     "diffusion_jax.errors": 0, "diffusion_jax.text": 0, "diffusion_jax.images": 0,
     "diffusion_jax.weight_files": 0, "diffusion_jax.model_size": 0, "diffusion_jax.parallel": 0,
     "diffusion_jax.workdir": 0, "diffusion_jax.config_files": 0, "diffusion_jax.edit_inputs": 0,
-    "diffusion_jax.tokenizer": 0,
+    "diffusion_jax.tokenizer": 0, "diffusion_jax.progress": 0, "diffusion_jax.plots": 0,
     "diffusion_jax.data": 1, "diffusion_jax.processes": 1, "diffusion_jax.models": 1,
     "diffusion_jax.analytic": 1,
     "diffusion_jax.denoisers": 2, "diffusion_jax.preconditioning": 2, "diffusion_jax.guidance": 2,
@@ -23,7 +23,8 @@ LAYERS = {
     "diffusion_jax.training": 5, "diffusion_jax.sampling": 5,
     "diffusion_jax.evaluation.eval_mode": 5,
     "diffusion_jax.builders": 6, "diffusion_jax.runs": 6, "diffusion_jax.launcher": 6,
-    "diffusion_jax.sweep": 6, "diffusion_jax.importers": 6, "diffusion_jax": 6,
+    "diffusion_jax.sweep": 6, "diffusion_jax.importers": 6, "diffusion_jax.monitoring": 6,
+    "diffusion_jax": 6,
 }
 
 

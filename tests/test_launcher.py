@@ -56,12 +56,14 @@ def test_train_writes_config_metrics_checkpoint_and_samples(trained):
     assert run["seed"] == 0 and "git_commit" in run and "jax" in run
 
 
-def test_sample_mode_restores_the_checkpoint(trained):
-    os.remove(trained / "samples" / "step_20.png")
+def test_sample_mode_restores_the_checkpoint_and_keeps_the_training_grid(trained):
+    before = (trained / "samples" / "step_20.png").read_bytes()
     result = launch(*tiny(trained, "--mode=sample", "--config.sampling.method=ddim",
-                          "--config.sampling.num_steps=10"))
+                          "--config.sampling.num_steps=10", "--config.sampling.seed=7"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert os.path.exists(trained / "samples" / "step_20.png")
+    # named after the checkpoint's step and the seed; the training run's grid is not overwritten
+    assert os.path.exists(trained / "samples" / "sample_20_7.png")
+    assert (trained / "samples" / "step_20.png").read_bytes() == before
 
 
 def test_info_prints_the_papers_parameter_count_and_flops():
@@ -95,7 +97,8 @@ def test_sample_without_checkpoint_is_a_one_line_error(tmp_path):
     assert_one_line_error(launch(f"--workdir={tmp_path}", "--mode=sample"), "no checkpoint")
 
 
-def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, trained):
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_in_one_line(tmp_path,
+                                                                              trained):
     import shutil
 
     workdir = tmp_path / "corrupt"
@@ -104,7 +107,14 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, trained):
         for name in files:
             if "manifest" in name or name.startswith("_METADATA"):
                 open(os.path.join(root, name), "w").write("garbage")
-    assert_one_line_error(launch(*tiny(workdir, "--mode=sample")), "checkpoint 20")
+    result = launch(*tiny(workdir, "--mode=sample", "--config.sampling.num_samples=2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [l for l in result.stderr.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1 and "checkpoint 20 is unreadable" in warnings[0]
+    assert "restored checkpoint 10" in warnings[0] and "Traceback" not in result.stderr
+    assert os.path.exists(workdir / "samples" / "sample_10_1.png")
+    # sample mode is read-only: the bad checkpoint stays where it was
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
 
 
 @pytest.mark.slow

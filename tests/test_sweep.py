@@ -268,7 +268,7 @@ def test_a_rerun_skips_finished_members(rerun):
 def test_an_interrupted_member_resumes_from_its_checkpoint(rerun, sweep):
     copy, _, _ = rerun
     log = (copy / "train" / "training.seed=1" / "logs" / "train.err").read_text()
-    assert "step 4/4" in log and "step 2/4" not in log  # trained steps 3..4 only
+    assert "train 4/4" in log and "train 2/4" not in log  # trained steps 3..4 only
     name = "sampling.method=ddim,training.seed=1"
     assert results(copy)[name]["loss"] == results(sweep)[name]["loss"]
     assert (results(copy)[name]["digits_frechet_distance"]
@@ -278,7 +278,7 @@ def test_an_interrupted_member_resumes_from_its_checkpoint(rerun, sweep):
 def test_the_same_config_and_seed_give_identical_metrics(rerun, sweep):
     copy, _, _ = rerun
     name = "sampling.method=ddim,training.seed=0"  # trained and evaluated again from scratch
-    assert "step 2/4" in (copy / "train" / "training.seed=0" / "logs" / "train.err").read_text()
+    assert "train 2/4" in (copy / "train" / "training.seed=0" / "logs" / "train.err").read_text()
     for metric in METRICS:
         assert results(copy)[name][metric] == results(sweep)[name][metric]
 

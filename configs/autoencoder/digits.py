@@ -26,7 +26,7 @@ def get_config(arg=None):
         reconstruction="l1"))
     config.data.update(dataset="digits", random_flip=False)
     config.training.update(num_steps=2000, batch_size=64, checkpoint_every=1000, log_every=100,
-                           ema_decay=0.999)
+                           ema_decay=0.999, ema_warmup="power")
     config.optim.update(name="adam", lr=1e-3, warmup_steps=100, grad_clip=1.0)
     config.sampling.update(num_samples=64, batch_size=64, method="prior", temperature=1.0)
     config.eval.update(num_samples=1000, batch_size=500)

@@ -21,7 +21,7 @@ def digits_consistency_config(mode: str, arg=None):
     config = base.consistency_config(mode)
     config.model = edm_digits.get_config(arg).model
     config.data.update(dataset="digits", random_flip=False)
-    config.training.update(batch_size=128, ema_decay=0.999)
+    config.training.update(batch_size=128, ema_decay=0.999, ema_warmup="power")
     config.sampling.update(num_samples=100, batch_size=100)
     config.eval.update(num_samples=1000, batch_size=500)
     return config

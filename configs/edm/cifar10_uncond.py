@@ -5,8 +5,9 @@ EDM's DDPM++ network (Appendix F.4; `ncsnpp.edm_ddpmpp_cifar10_kwargs`: 128 chan
 (sigma_data 0.5, c_noise = ln(sigma) / 4) and loss (ln sigma ~ N(-1.2, 1.2^2)). Adam lr 1e-3,
 batch 512, the learning rate ramped up linearly over 10 Mimg (19,531 steps), no gradient
 clipping, 200 Mimg (390,625 steps), random horizontal flips. EMA half-life 0.5 Mimg as a
-per-step decay 0.5 ** (512 / 500,000) = 0.99929 (EDM's EMA ramp-up, half-life capped at 5% of
-the images seen, is not applied). EDM's non-leaky geometric augmentation (p = 0.12) is not
+per-step decay 0.5 ** (512 / 500,000) = 0.99929 with EDM's ramp-up (the half-life capped at 5%
+of the images seen, `ema_rampup_ratio` 0.05: `training.ema_warmup="edm"`). EDM's non-leaky
+geometric augmentation (p = 0.12) is not
 implemented. Sampler: Heun, N = 18, sigma 0.002..80, rho 7: 35 network evaluations.
 Needs the TFDS cifar10 data set prepared in `data.data_dir`.
 """
@@ -29,7 +30,8 @@ def get_config(arg=None):
     config.data.update(dataset="cifar10", random_flip=True)
     config.training.update(num_steps=200_000_000 // BATCH, batch_size=BATCH,
                            checkpoint_every=10_000, log_every=100,
-                           ema_decay=0.5 ** (BATCH / 500_000))
+                           ema_decay=0.5 ** (BATCH / 500_000), ema_warmup="edm",
+                           ema_rampup_ratio=0.05)
     config.optim.update(name="adam", lr=1e-3, warmup_steps=10_000_000 // BATCH, grad_clip=0.0,
                         beta1=0.9, beta2=0.999, eps=1e-8)
     # S_max: no upper limit, as a finite float so it survives JSON and command-line overrides.

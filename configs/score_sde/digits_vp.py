@@ -22,7 +22,8 @@ def digits_config(sde: str, arg=None):
     config.model.update(kwargs, **SMALL_NET)
     config.data.update(dataset="digits", random_flip=False)
     config.training.update(num_steps=2000, batch_size=128, checkpoint_every=1000,
-                           log_every=100, ema_decay=0.999)
+                           log_every=100, ema_decay=0.999,
+                           ema_warmup="power")
     config.optim.update(lr=1e-3, warmup_steps=200)
     config.sampling.update(num_samples=100, batch_size=100)
     config.eval.update(num_samples=1000, batch_size=500, bpd_num_examples=297,

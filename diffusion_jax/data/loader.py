@@ -23,7 +23,7 @@ class LoaderState:
     batch_in_epoch: int = 0
 
     def as_dict(self) -> dict:
-        return {"epoch": np.int64(self.epoch), "batch_in_epoch": np.int64(self.batch_in_epoch)}
+        return {"epoch": int(self.epoch), "batch_in_epoch": int(self.batch_in_epoch)}
 
     @classmethod
     def from_dict(cls, d) -> "LoaderState":

@@ -26,6 +26,7 @@ import numpy as np
 
 from diffusion_jax.data.datasets import first_images
 from diffusion_jax.errors import ConfigError
+from diffusion_jax.images import quantize
 
 
 def feature_metrics(features, samples, reference, prefix: str = "",
@@ -65,6 +66,7 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
     """The metrics of `samples` for the configured data set (see the module docstring); the
     reference statistics it computes go to `directory/reference_stats.npz` when given. With a
     `mesh` the feature network runs on batches split over its devices."""
+    samples = quantize(samples)  # clipped and 8-bit, as saved: the same for every feature space
     ndev = mesh.devices.size if mesh is not None else 1
     batch = lambda size: -(-size // ndev) * ndev  # noqa: E731  (a multiple of the devices)
     from diffusion_jax.evaluation.frechet import load_statistics

@@ -15,7 +15,7 @@ from diffusion_jax.guidance import Guidance
 from diffusion_jax.samplers import ddpm, dpm_solver, ode, pc
 
 SPACINGS = dpm_solver.SPACINGS + ddpm.DDIM_SPACINGS
-GENERIC_KEYS = ("num_samples", "batch_size", "use_ema", "seed")  # read by the sampling loop
+GENERIC_KEYS = ("num_samples", "batch_size", "use_ema", "seed", "save_pngs")  # the launcher's
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import sys
 import threading
+import math
+import os
 import time
 from typing import Callable, Optional
 
@@ -21,10 +22,11 @@ import numpy as np
 from diffusion_jax import parallel
 from diffusion_jax import workdir as workdir_io
 from diffusion_jax.data.loader import BatchLoader, LoaderState
-from diffusion_jax.errors import ConfigError
+from diffusion_jax.errors import ConfigError, TrainingDiverged
+from diffusion_jax.progress import Progress
 from diffusion_jax.training.checkpoint import Checkpointer
 from diffusion_jax.training.state import TrainState, create_train_state
-from diffusion_jax.training.step import jit_train_step
+from diffusion_jax.training.step import EMA_WARMUPS, ema_schedule, jit_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Settings:
     grad_accum_steps: int = 1
     steps_per_call: int = 1
     random_flip: bool = False
+    ema_warmup: str = "none"  # `step.ema_schedule`: none | power | edm
+    ema_rampup_ratio: float = 0.05
 
     def check(self, num_devices: int) -> None:
         """ConfigError for settings no run can use on `num_devices` devices."""
@@ -48,31 +52,15 @@ class Settings:
                     "grad_accum_steps", "steps_per_call", "max_checkpoints"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"training.{key} must be >= 1, got {getattr(self, key)}")
+        if self.ema_warmup not in EMA_WARMUPS:
+            raise ConfigError(f"unknown training.ema_warmup {self.ema_warmup!r}; valid: "
+                              f"{', '.join(EMA_WARMUPS)}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ConfigError(f"training.ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.batch_size % (num_devices * self.grad_accum_steps):
             raise ConfigError(f"training.batch_size {self.batch_size} is not divisible by the "
                               f"{num_devices} devices x training.grad_accum_steps "
                               f"{self.grad_accum_steps}")
-
-
-class Progress:
-    """A one-line progress bar on stderr: steps, loss, images/s (process 0 only)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-        self.tty = sys.stderr.isatty()
-
-    def update(self, step: int, loss: float, images_per_s: float) -> None:
-        if not self.enabled:
-            return
-        done = int(30 * step / max(self.total, 1))
-        line = (f"[{'#' * done}{'.' * (30 - done)}] step {step}/{self.total} "
-                f"loss {loss:.4f} {images_per_s:,.0f} img/s")
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -123,6 +111,13 @@ def abstract_state(method, optimizer, mesh) -> TrainState:
                         shapes, parallel.state_shardings(mesh, shapes))
 
 
+def latest_checkpoint(workdir: str) -> Optional[int]:
+    """The newest checkpoint step listed in `workdir` (None: none, or no such directory)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    return Checkpointer(workdir, read_only=True).latest_step()
+
+
 def restore_state(method, optimizer, workdir: str, mesh, step: Optional[int] = None
                   ) -> TrainState:
     """The state of checkpoint `step` (default: the newest) in `workdir`, onto `mesh`."""
@@ -152,65 +147,128 @@ def grouped_batches(batches, loader: BatchLoader, sizes):
         yield {"image": images, "label": labels}, int(n > 1), (n, loader.state)
 
 
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What the launcher layer adds to a run without the loop knowing it: `on_log(step,
+    metrics)` after each log line (plots, TensorBoard), `on_checkpoint(step, state)` after each
+    checkpoint (a sample grid). Process 0 calls them."""
+
+    on_log: tuple = ()
+    on_checkpoint: tuple = ()
+
+
+def _finite_values(metrics, step: int, n: int, last_checkpoint) -> dict:
+    """{name: [float]} of a call's metrics (n steps ending at `step`) on the host;
+    TrainingDiverged at the first non-finite loss or gradient norm."""
+    values = {k: np.atleast_1d(np.asarray(jax.device_get(v), np.float32)).tolist()
+              for k, v in metrics.items()}
+    for key in ("loss", "grad_norm"):
+        bad = [i for i, v in enumerate(values.get(key, ())) if not math.isfinite(v)]
+        if bad:
+            kept = ("no checkpoint was written" if last_checkpoint is None else
+                    f"the last checkpoint, step {last_checkpoint}, is finite and unchanged")
+            raise TrainingDiverged(f"non-finite {key} ({values[key][bad[0]]}) at step "
+                                   f"{step - n + bad[0] + 1}: training diverged (lower optim.lr "
+                                   f"or clip gradients with optim.grad_clip); {kept}")
+    return values
+
+
 def train(method, optimizer, mesh, settings: Settings, workdir: str,
-          training_data: Callable, resources: Callable[[], dict] = dict
-          ) -> tuple[TrainState, bool]:
+          training_data: Callable, resources: Callable[[], dict] = dict,
+          hooks: Hooks = Hooks()) -> tuple[TrainState, bool]:
     """Train to `settings.num_steps`, resuming from the newest checkpoint in `workdir`.
 
     `training_data(aux) -> (source, decode)` gives the random-access training source once the
     state (and its aux, e.g. a frozen encoder) exists; `resources()` the method's restored
     requirements, asked for only when the run starts fresh. Returns the final state and whether
     SIGTERM stopped the run early (after a checkpoint).
+
+    Every step's metrics are fetched while the next step runs, so a non-finite loss stops the
+    run (TrainingDiverged) before a non-finite state is checkpointed, and SIGTERM is seen within
+    a step. The metrics of the steps since the last log line are kept in each checkpoint, so a
+    resumed run logs the same rows as an uninterrupted one (timings aside).
     """
     t = settings
     checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
     abstract = abstract_state(method, optimizer, mesh)
-    loader_state = None
+    saved = None
     if checkpointer.latest_step() is not None:
-        state, loader_state = checkpointer.restore(abstract)
+        state, saved = checkpointer.restore(abstract)
     else:
         state = initial_state(method, optimizer, t.seed, mesh, resources)
     source, decode = training_data(state.aux)
     loader = BatchLoader(source, decode, global_batch=t.batch_size, seed=t.seed,
                          random_flip=t.random_flip,
                          process_index=jax.process_index(), process_count=jax.process_count())
-    if loader_state is not None:
-        loader.state = LoaderState.from_dict(loader_state)
+    if saved is not None:
+        loader.state = LoaderState.from_dict(saved)
+    pending = {k: list(v) for k, v in (saved or {}).get("pending", {}).items()}
     step = int(state.step)
+    last_checkpoint = step if saved is not None else None
     is_main = jax.process_index() == 0
     log = workdir_io.MetricsLog(workdir, resume_step=step, enabled=is_main)
-    progress = Progress(t.num_steps, is_main)
+    progress = Progress(t.num_steps, "train", enabled=is_main, initial=step)
     shardings = jax.tree.map(lambda s: s.sharding, abstract)
-    step_fns = {n: jit_train_step(method, optimizer, t.ema_decay, mesh, shardings,
+    ema = ema_schedule(t.ema_decay, t.ema_warmup, t.batch_size, t.ema_rampup_ratio)
+    step_fns = {n: jit_train_step(method, optimizer, ema, mesh, shardings,
                                   t.grad_accum_steps, n) for n in {1, t.steps_per_call}}
-    interrupted = False
-    pending, last_time, last_step = [], time.perf_counter(), step
+
+    def absorb(call):
+        for key, values in _finite_values(*call, last_checkpoint).items():
+            pending.setdefault(key, []).extend(values)
+
+    interrupted, in_flight, compiled = False, None, set()
+    last_time, last_step = time.perf_counter(), step
     with stop_on_sigterm() as sigterm:
         batches = iter(loader)
         sizes = call_sizes(step, t.num_steps, t.steps_per_call,
                            (t.log_every, t.checkpoint_every))
         # each call's batches carry the loader position after them: the prefetch reads ahead
         device_batches = parallel.prefetch_to_device(grouped_batches(batches, loader, sizes), mesh)
-        while step < t.num_steps:
-            batch, n, data_position = next(device_batches)
-            state, metrics = step_fns[n](state, batch)
-            step += n
-            pending.append(metrics)
-            if step % t.log_every == 0 or step == t.num_steps:
-                means = {k: float(np.mean(np.concatenate(
-                    [np.atleast_1d(jax.device_get(m[k])) for m in pending]))) for k in pending[0]}
-                now = time.perf_counter()
-                means["images_per_s"] = (step - last_step) * t.batch_size / (now - last_time)
-                log.write(step, means)
-                progress.update(step, means["loss"], means["images_per_s"])
-                pending, last_time, last_step = [], now, step
-            if sigterm.is_set() or step % t.checkpoint_every == 0 or step == t.num_steps:
-                checkpointer.save(step, state, data_position.as_dict())
-            if sigterm.is_set():
-                interrupted = True
-                break
-        batches.close()
-    progress.close()
-    checkpointer.wait()
-    checkpointer.close()
+        try:
+            while step < t.num_steps:
+                batch, n, data_position = next(device_batches)
+                if n not in compiled:
+                    progress.note(f"compiling the training step ({n} per call)")
+                    compiled.add(n)
+                state, metrics = step_fns[n](state, batch)
+                step += n
+                if in_flight is not None:
+                    absorb(in_flight)
+                in_flight = (metrics, step, n)
+                log_now = step % t.log_every == 0 or step == t.num_steps
+                # read once: a SIGTERM arriving later in this step is seen at the next one
+                stop = sigterm.is_set()
+                save_now = stop or step % t.checkpoint_every == 0 or step == t.num_steps
+                if log_now or save_now:
+                    absorb(in_flight)
+                    in_flight = None
+                if log_now:
+                    means = {k: float(np.mean(np.asarray(v, np.float32)))
+                             for k, v in pending.items()}
+                    now = time.perf_counter()
+                    means["images_per_s"] = (step - last_step) * t.batch_size / (now - last_time)
+                    log.write(step, means)
+                    if is_main:
+                        for hook in hooks.on_log:
+                            hook(step, means)
+                    pending, last_time, last_step = {}, now, step
+                    progress.update(n, line=True, loss=means["loss"],
+                                    img_per_s=round(means["images_per_s"]))
+                else:
+                    progress.update(n)
+                if save_now:
+                    checkpointer.save(step, state, {**data_position.as_dict(), "pending": pending})
+                    last_checkpoint = step
+                    if is_main:
+                        for hook in hooks.on_checkpoint:
+                            hook(step, state)
+                if stop:
+                    interrupted = True
+                    break
+        finally:
+            batches.close()
+            progress.close()
+            checkpointer.wait()
+            checkpointer.close()
     return state, interrupted

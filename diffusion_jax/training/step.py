@@ -3,6 +3,7 @@ replicated or FSDP-sharded (`parallel.state_shardings`), optional gradient accum
 optionally several steps per jitted call."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_jax import parallel
+from diffusion_jax.training.posthoc_ema import traditional_ema_beta
 from diffusion_jax.training.state import TrainState
 
 LossFn = Callable  # (params, batch, rng, aux, step) -> (scalar loss, dict of scalar metrics)
@@ -18,6 +20,29 @@ LossFn = Callable  # (params, batch, rng, aux, step) -> (scalar loss, dict of sc
 def ema_update(ema, params, decay):
     """ema <- decay ema + (1 - decay) params."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+EMA_WARMUPS = ("none", "power", "edm")
+
+
+def ema_schedule(decay: float, warmup: str = "none", batch_size: int = 1,
+                 rampup_ratio: float = 0.05) -> Callable:
+    """The EMA decay as a function of the steps taken before the update, k.
+
+    'none': `decay` from step 0 (the papers' DDPM and score-SDE EMA). 'power': min(decay,
+    (1 + k) / (10 + k)), so a short run averages only its recent weights. 'edm': EDM's ramp-up
+    (Karras et al. 2022, Sec. 5 and App. F.3): the half-life in images that `decay` has at this
+    batch size, 0.5^(batch / h) = decay, capped at `rampup_ratio` times the images seen.
+    """
+    if warmup == "none":
+        return lambda k: decay
+    if warmup == "power":
+        return lambda k: jnp.minimum(decay, (1.0 + k) / (10.0 + k))
+    if warmup == "edm":
+        halflife = (math.inf if decay >= 1.0 else 0.0 if decay <= 0.0 else
+                    batch_size * math.log(0.5) / math.log(decay))
+        return lambda k: traditional_ema_beta(k * batch_size, batch_size, halflife, rampup_ratio)
+    raise ValueError(f"unknown EMA warm-up {warmup!r}; valid: {', '.join(EMA_WARMUPS)}")
 
 
 def accumulated_value_and_grad(loss_fn: Callable, params, batch, rng, num_micro_batches: int):
@@ -45,12 +70,13 @@ def accumulated_value_and_grad(loss_fn: Callable, params, batch, rng, num_micro_
     return total
 
 
-def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_decay: float,
+def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_decay,
                grad_accum_steps: int = 1, update_aux: Optional[Callable] = None):
     """One optimiser step on the global batch; the step's randomness is fold_in(rng, step).
 
     `loss_fn` sees the state's aux and step; `update_aux(aux, new_params, step)` (a method's
-    target-network EMA, for example) runs after the update."""
+    target-network EMA, for example) runs after the update. `ema_decay` is a float or a function
+    of the step (`ema_schedule`)."""
     step_rng = jax.random.fold_in(state.rng, state.step)
     loss = lambda params, batch, rng: loss_fn(params, batch, rng, state.aux, state.step)
     (loss, metrics), grads = accumulated_value_and_grad(loss, state.params, batch, step_rng,
@@ -59,7 +85,9 @@ def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_deca
     params = optax.apply_updates(state.params, updates)
     aux = state.aux if update_aux is None else update_aux(state.aux, params, state.step)
     new_state = state.replace(step=state.step + 1, params=params,
-                              ema_params=ema_update(state.ema_params, params, ema_decay),
+                              ema_params=ema_update(state.ema_params, params,
+                                                    ema_decay(state.step) if callable(ema_decay)
+                                                    else ema_decay),
                               opt_state=opt_state, aux=aux)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
@@ -72,7 +100,7 @@ def train_steps(state: TrainState, batches, **step_kwargs):
     return jax.lax.scan(lambda s, batch: train_step(s, batch, **step_kwargs), state, batches)
 
 
-def jit_train_step(method, optimizer, ema_decay: float, mesh, state_sharding=None,
+def jit_train_step(method, optimizer, ema_decay, mesh, state_sharding=None,
                    grad_accum_steps: int = 1, steps_per_call: int = 1):
     """jax.jit of `train_step` for `method` (its loss and `update_aux`) with the state in
     `state_sharding` (default replicated), the batch split over every device, and the old
