@@ -75,9 +75,13 @@ def time_compiled(fn, args, repeats: int):
     return compile_s, statistics.median(times)
 
 
-def _nfe(sampler) -> int:
-    """Network evaluations: a shared solver's count, or one per step of a DDPM chain."""
-    return solvers.nfe(sampler) if sampler.method in solvers.SOLVERS else sampler.num_steps
+def _nfe(method, sampler) -> int:
+    """Network evaluations: a shared solver's count on its grid, or one per step of a DDPM
+    chain."""
+    if sampler.method in method.chains():
+        return sampler.num_steps
+    model = method.denoiser_model(None, None, None, sampler)
+    return int(solvers.nfe(sampler, solvers.sigma_grid(sampler, model)))
 
 
 def time_ours(method, params, batch: int, samplers, steps_scale: float, repeats: int):
@@ -101,7 +105,7 @@ def time_ours(method, params, batch: int, samplers, steps_scale: float, repeats:
             return method.sample(params, rng, x_init, sampler=sampler)
 
         compile_s, s = time_compiled(sample, (params, jax.random.PRNGKey(1)), repeats)
-        rows.append((f"{name} {n} steps", _nfe(sampler), s, compile_s))
+        rows.append((f"{name} {n} steps", _nfe(method, sampler), s, compile_s))
         print(f"  timed {name}: {s:.3f} s per batch", flush=True)
     return rows
 

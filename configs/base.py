@@ -71,17 +71,41 @@ def guidance_defaults() -> dict:
                 negative_label=-1, negative_prompt="")
 
 
+def solver_defaults() -> dict:
+    """The options of the shared solvers beside grid and churn (`samplers.sampler.Sampler`):
+    each solver's own order (0), model output and UniPC variant, diffusers' lower orders on the
+    last steps, DPM-Solver++(3M)'s second step, and the explicit grids (empty: none), 'leading'
+    spacing's steps_offset."""
+    return dict(order=0, solver_prediction="", unipc_variant="bh2", disable_corrector=(),
+                lower_order_final=True, second_order="heun", taylor_d2=False, steps_offset=0,
+                sigmas=(), timesteps=())
+
+
+def weighting_defaults(name: str = "uniform") -> dict:
+    """A method's loss weighting (`losses.weighting`): min-SNR-gamma's gamma (Hang et al. 2023)
+    and P2's k and gamma (Choi et al. 2022)."""
+    return dict(loss_weighting=name, min_snr_gamma=5.0, p2_k=1.0, p2_gamma=1.0)
+
+
 def ddpm_config() -> ml_collections.ConfigDict:
     """DDPM (Ho et al. 2020) defaults: the CIFAR-10 network, schedule, optimiser and sampler."""
     c = base_config()
     c.method = "ddpm"
     c.model.update(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                    dropout=0.1, resamp_with_conv=True)
+    # schedule: linear | scaled_linear (beta_start..beta_end) | cosine | shifted_cosine (images
+    # of `resolution`, 0 = the network input's, against `base_resolution`); zero_terminal_snr:
+    # Lin et al. 2024's rescaling (needs prediction v, sampling.spacing trailing, a shared solver)
     c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_timesteps=1000,
                                                  beta_start=1e-4, beta_end=0.02,
-                                                 prediction="epsilon", label_dropout=0.0))
+                                                 resolution=0, base_resolution=64,
+                                                 zero_terminal_snr=False,
+                                                 prediction="epsilon", label_dropout=0.0,
+                                                 **weighting_defaults()))
     c.sampling.update(method="ancestral", num_steps=1000, eta=0.0, variance="beta",
-                      clip_x0=False, spacing="uniform", **guidance_defaults())
+                      clip_x0=False, spacing="uniform", sigma_min=0.0, sigma_max=0.0, rho=7.0,
+                      S_churn=0.0, S_min=0.0, S_max=1e9, S_noise=1.0, **solver_defaults(),
+                      **guidance_defaults())
     return c
 
 
@@ -106,7 +130,7 @@ def score_sde_config(sde: str = "vpsde") -> ml_collections.ConfigDict:
     c.sde = ml_collections.ConfigDict(dict(
         name=sde, beta_min=0.1, beta_max=20.0, sigma_min=0.02, sigma_max=100.0, N=1000,
         train_eps=1e-5, likelihood_weighting=False, importance_weighting=False,
-        reduce="sum" if ve else "mean", label_dropout=0.0))
+        reduce="sum" if ve else "mean", label_dropout=0.0, **weighting_defaults()))
     c.data.update(dataset="cifar10", random_flip=True)
     c.training.update(num_steps=1_300_000, batch_size=128, checkpoint_every=50_000,
                       log_every=100, ema_decay=0.999 if ve else 0.9999)
@@ -115,8 +139,8 @@ def score_sde_config(sde: str = "vpsde") -> ml_collections.ConfigDict:
     c.sampling.update(
         method="pc", num_steps=1000, **pc.paper_defaults(sde_lib.SDES[sde]()), denoise=True,
         ode_solver="tsit5", rtol=1e-5, atol=1e-5, sigma_min=0.0, sigma_max=0.0, rho=7.0,
-        S_churn=0.0, S_min=0.0, S_max=1e9, S_noise=1.0, eta=1.0, order=3, spacing="logsnr",
-        **guidance_defaults())
+        S_churn=0.0, S_min=0.0, S_max=1e9, S_noise=1.0, eta=1.0, spacing="logsnr",
+        **solver_defaults(), **guidance_defaults())
     c.eval.update(num_samples=50_000, batch_size=1000, bpd_num_examples=10_000,
                   bpd_batch_size=500)
     return c

@@ -13,6 +13,7 @@ from diffusion_jax import preconditioning
 from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.losses import consistency as consistency_objectives
+from diffusion_jax.losses import weighting
 from diffusion_jax.methods import consistency, score_sde
 from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
@@ -138,33 +139,89 @@ def check_guidance(config):
         raise ConfigError("sampling.negative_prompt needs a text-conditional model (text.encoder)")
 
 
-def build_ddpm(config, model, image_shape):
+SCHEDULES = tuple(schedules.BETA_SCHEDULES) + ("shifted_cosine",)
+
+
+def build_weighting(section, key: str, sigma_data: float = 0.5) -> weighting.Weighting:
+    """The loss weighting of a method's config section `key` (`loss_weighting`: a name of
+    `losses.weighting.WEIGHTINGS`, with `min_snr_gamma`, `p2_k`, `p2_gamma`; 'edm' uses
+    `sigma_data`); keys a config written before them lacks take their defaults."""
+    name = section.get("loss_weighting", "uniform")
+    choose(f"loss weighting ({key}.loss_weighting)", name, weighting.WEIGHTINGS)
+    default = weighting.Weighting()
+    return weighting.Weighting(name, min_snr_gamma=section.get("min_snr_gamma",
+                                                               default.min_snr_gamma),
+                               p2_k=section.get("p2_k", default.p2_k),
+                               p2_gamma=section.get("p2_gamma", default.p2_gamma),
+                               sigma_data=sigma_data)
+
+
+def build_schedule(config, image_shape) -> schedules.DiscreteSchedule:
+    """The DDPM schedule of `diffusion.schedule`: linear and scaled_linear from beta_start to
+    beta_end, cosine, or shifted_cosine (Hoogeboom et al. 2023) for images of `resolution` (0:
+    the network input's height) against `base_resolution`; `zero_terminal_snr` rescales it
+    (Lin et al. 2024)."""
     d = config.diffusion
-    choose("beta schedule (diffusion.schedule)", d.schedule, schedules.BETA_SCHEDULES)
+    choose("beta schedule (diffusion.schedule)", d.schedule, SCHEDULES)
+    kwargs = {}
+    if d.schedule in ("linear", "scaled_linear"):
+        kwargs = {"beta_start": d.beta_start, "beta_end": d.beta_end}
+    elif d.schedule == "shifted_cosine":
+        kwargs = {"resolution": d.get("resolution", 0) or int(image_shape[0]),
+                  "base_resolution": d.get("base_resolution", 64)}
+    return schedules.make_schedule(d.schedule, d.num_timesteps,
+                                   zero_terminal_snr=d.get("zero_terminal_snr", False), **kwargs)
+
+
+def check_zero_terminal_snr(config) -> None:
+    """Lin et al. 2024 (Sec. 3): a zero-terminal-SNR schedule needs v-prediction and samples from
+    the last timestep, the 'trailing' grid, with a shared solver."""
+    d, s = config.diffusion, config.sampling
+    if d.prediction != "v":
+        raise ConfigError(f"diffusion.zero_terminal_snr needs diffusion.prediction='v', got "
+                          f"{d.prediction!r}: at alpha_T = 0 only a v-network's x0 is exact")
+    if s.get("spacing") != "trailing" or s.get("method") in ("ancestral", "ddim"):
+        raise ConfigError("diffusion.zero_terminal_snr samples from the last timestep: set "
+                          "sampling.spacing='trailing' and a shared solver as sampling.method "
+                          "(e.g. euler, which is DDIM, or unipc)")
+
+
+def build_ddpm(config, model, image_shape):
+    """DDPM (Ho et al. 2020) around `model` on the schedule of `build_schedule`, with the
+    prediction target and loss weighting of `config.diffusion`."""
+    d = config.diffusion
     choose("prediction target (diffusion.prediction)", d.prediction,
            parameterization.PREDICTION_TARGETS)
-    kwargs = ({"beta_start": d.beta_start, "beta_end": d.beta_end} if d.schedule == "linear"
-              else {})
+    if d.get("zero_terminal_snr", False):
+        check_zero_terminal_snr(config)
     check_guidance(config)
-    return DDPM(model=model, schedule=schedules.make_schedule(d.schedule, d.num_timesteps, **kwargs),
+    return DDPM(model=model, schedule=build_schedule(config, image_shape),
                 image_shape=image_shape, prediction=d.prediction,
                 num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0),
                 caption_length=caption_length(config),
-                num_levels=dataset_spec(config).num_levels)
+                num_levels=dataset_spec(config).num_levels,
+                loss_weighting=build_weighting(d, "diffusion"))
 
 
 def build_edm(config, model, image_shape):
     """EDM (Karras et al. 2022) around `model`, which gets c_noise of `edm.precond` as noise input;
     training noise levels and loss weight of that column of Table 1 ('edm': ln sigma ~
-    N(P_mean, P_std^2); 'vp', 've', 'iddpm': the paper's own, `preconditioning.COLUMNS`)."""
+    N(P_mean, P_std^2); 'vp', 've', 'iddpm': the paper's own, `preconditioning.COLUMNS`), the
+    weight replaced by an SNR weighting of the x0 error unless `edm.loss_weighting` is
+    'precond'."""
     e = config.edm
     choose("preconditioning (edm.precond)", e.precond, preconditioning.COLUMNS)
     scheme = (preconditioning.EDMPrecond(e.sigma_data, e.P_mean, e.P_std) if e.precond == "edm"
               else preconditioning.COLUMNS[e.precond]())
     check_guidance(config)
+    precond_weight = e.get("loss_weighting", "precond") == "precond"
+    if not precond_weight:
+        choose("loss weighting (edm.loss_weighting)", e.loss_weighting,
+               ("precond",) + tuple(weighting.WEIGHTINGS))
     return EDM(model=model, image_shape=image_shape, scheme=scheme,
                num_classes=num_classes(config), label_dropout=e.label_dropout,
-               caption_length=caption_length(config))
+               caption_length=caption_length(config),
+               loss_weighting=None if precond_weight else build_weighting(e, "edm", e.sigma_data))
 
 
 def build_sde(config) -> sdes.SDE:
@@ -183,6 +240,10 @@ def build_score_sde(config, model, image_shape):
     if s.importance_weighting and not s.likelihood_weighting:
         raise ConfigError("sde.importance_weighting samples t for the likelihood weighting; "
                           "set sde.likelihood_weighting=True")
+    loss_weighting = build_weighting(s, "sde")
+    if loss_weighting.name != "uniform" and s.likelihood_weighting:
+        raise ConfigError(f"sde.loss_weighting={loss_weighting.name!r} replaces "
+                          f"sde.likelihood_weighting; set one of them")
     check_guidance(config)
     spec = dataset_spec(config)
     return score_sde.ScoreSDE(
@@ -191,7 +252,7 @@ def build_score_sde(config, model, image_shape):
         num_levels=spec.num_levels, train_eps=s.train_eps,
         likelihood_weighting=s.likelihood_weighting,
         importance_weighting=s.importance_weighting, reduce=s.reduce,
-        caption_length=caption_length(config))
+        caption_length=caption_length(config), loss_weighting=loss_weighting)
 
 
 def build_autoencoder(config, model, image_shape=None):
@@ -279,11 +340,13 @@ def build_method(config):
 
 def build_sampler(config, method) -> sampler_lib.Sampler:
     """The `Sampler` of `config.sampling`, from the method's defaults; ConfigError for an unknown
-    key or a sampler the method does not run."""
+    key, a sampler the method does not run, or options it cannot follow (`check_sampler`: a grid
+    the model rejects)."""
     sampler = sampler_lib.from_config(config.sampling, method.default_sampler)
     if sampler.method not in method.sampler_names:
         raise ConfigError(f"unknown sampler (sampling.method) {sampler.method!r} for method "
                           f"{config.method!r}; valid: {', '.join(method.sampler_names)}")
+    method.check_sampler(sampler)
     return sampler
 
 

@@ -25,8 +25,10 @@ def get_config(arg=None):
     config = base.base_config()
     config.method = "edm"
     config.model.update(name="ncsnpp", **ncsnpp.edm_ddpmpp_cifar10_kwargs())
+    # loss_weighting: precond (lambda of the column) or an SNR weighting of losses/weighting.py
     config.edm = ml_collections.ConfigDict(dict(precond="edm", sigma_data=0.5, P_mean=-1.2,
-                                                P_std=1.2, label_dropout=0.0))
+                                                P_std=1.2, label_dropout=0.0,
+                                                **base.weighting_defaults("precond")))
     config.data.update(dataset="cifar10", random_flip=True)
     config.training.update(num_steps=200_000_000 // BATCH, batch_size=BATCH,
                            checkpoint_every=10_000, log_every=100,
@@ -37,7 +39,7 @@ def get_config(arg=None):
     # S_max: no upper limit, as a finite float so it survives JSON and command-line overrides.
     config.sampling.update(num_samples=64, batch_size=64, method="heun", num_steps=18,
                            sigma_min=0.002, sigma_max=80.0, rho=7.0, S_churn=0.0, S_min=0.0,
-                           S_max=1e9, S_noise=1.0, eta=1.0, order=3, spacing="logsnr",
-                           **base.guidance_defaults())
+                           S_max=1e9, S_noise=1.0, eta=1.0, spacing="logsnr",
+                           **base.solver_defaults(), **base.guidance_defaults())
     config.eval.update(num_samples=50_000, batch_size=1000)
     return config

@@ -3,7 +3,9 @@
 L = E_t E_{x0, z} [lambda(t) ||s(x_t, t) + z / sigma(t)||^2], x_t = alpha(t) x0 + sigma(t) z,
 t ~ U(eps, T), since grad log p_0t(x_t | x0) = -z / sigma(t). The weight is lambda = sigma^2
 (the default, the loss becomes ||sigma s + z||^2) or lambda = g^2 (`likelihood_weighting`, which
-makes L a bound on the negative log-likelihood; Song et al. 2021b, Thm. 1).
+makes L a bound on the negative log-likelihood; Song et al. 2021b, Thm. 1). sigma s + z is the
+error of the noise prediction eps = -sigma s, so `snr_weight(SNR(t))` can weight it further, SNR
+= alpha^2 / sigma^2 = 1 / sigma_edm(t)^2 (the epsilon weights of `losses.weighting`).
 
 `importance_weighting` (with likelihood weighting) draws t from p(t) ~ g(t)^2 / sigma(t)^2 on
 [eps, T] by inverting its closed-form CDF and weights by Z / (T - eps), Z = int_eps^T g^2 / sigma^2,
@@ -18,6 +20,7 @@ g^2 / sigma^2 are:
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -64,14 +67,17 @@ def importance_sample_t(sde: SDE, rng: jax.Array, n: int, eps: float = 1e-5
 
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x0: jax.Array, rng: jax.Array, *, eps: float = 1e-5,
              likelihood_weighting: bool = False, importance_weighting: bool = False,
-             reduce: str = "mean") -> jax.Array:
+             reduce: str = "mean", snr_weight: Optional[Callable] = None) -> jax.Array:
     """The batch mean of lambda(t) ||s(x_t, t) + z / sigma(t)||^2, the squared norm reduced over
-    the data dimensions by `reduce` ('mean': VP / sub-VP in the paper; 'sum': VE)."""
+    the data dimensions by `reduce` ('mean': VP / sub-VP in the paper; 'sum': VE), times
+    `snr_weight(SNR(t))` when given (not with the likelihood weighting)."""
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; valid: {list(REDUCTIONS)}")
     if importance_weighting and not likelihood_weighting:
         raise ValueError("importance_weighting samples t for the likelihood weighting; "
                          "set likelihood_weighting=True")
+    if snr_weight is not None and likelihood_weighting:
+        raise ValueError("snr_weight replaces the likelihood weighting; set one of them")
     t_rng, z_rng = jax.random.split(rng)
     n = x0.shape[0]
     if importance_weighting:
@@ -88,6 +94,8 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x0: jax.Array, rng: jax.Array, *, eps:
         weight = z_norm / (sde.T - eps)
     elif likelihood_weighting:
         weight = jnp.square(sde.sde(x0, t)[1]) / jnp.square(sigma)
+    elif snr_weight is not None:
+        weight = snr_weight(1.0 / jnp.square(sde.edm_sigma(t)))
     else:
         weight = 1.0
     return jnp.mean(weight * per_example)

@@ -11,6 +11,8 @@ x = x0 + sigma_edm n of the same process, SNR = 1 / sigma_edm^2 (`snr_of_sigma`)
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -77,3 +79,27 @@ def loss_weight(name: str, snr: jax.Array, target: str, **kwargs) -> jax.Array:
     if name not in WEIGHTINGS:
         raise ConfigError(f"unknown loss weighting {name!r}; valid: {', '.join(sorted(WEIGHTINGS))}")
     return WEIGHTINGS[name](snr, target, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Weighting:
+    """A weighting of WEIGHTINGS with its parameters, as a method holds it (the config keys
+    `loss_weighting`, `min_snr_gamma`, `p2_k`, `p2_gamma`, and for 'edm' the sigma_data):
+    weighting(snr, target) is the weight of the squared error of `target`."""
+
+    name: str = "uniform"
+    min_snr_gamma: float = 5.0
+    p2_k: float = 1.0
+    p2_gamma: float = 1.0
+    sigma_data: float = 0.5
+
+    def __post_init__(self):
+        if self.name not in WEIGHTINGS:
+            raise ConfigError(f"unknown loss weighting {self.name!r}; valid: "
+                              f"{', '.join(sorted(WEIGHTINGS))}")
+
+    def __call__(self, snr: jax.Array, target: str) -> jax.Array:
+        options = {"min_snr": dict(gamma=self.min_snr_gamma),
+                   "p2": dict(k=self.p2_k, gamma=self.p2_gamma),
+                   "edm": dict(sigma_data=self.sigma_data)}.get(self.name, {})
+        return loss_weight(self.name, snr, target, **options)

@@ -162,6 +162,14 @@ class Method(Protocol):
         return solvers.edit(sampler, self._denoiser_model(params, cond, aux, sampler), rng, x,
                             mask, cond, task=task, strength=strength)
 
+    def check_sampler(self, sampler: Sampler) -> None:
+        """ConfigError now, before anything runs, for options the method's sampler `sampler`
+        cannot follow: for a shared solver, its grid on `denoiser_model` (`solvers.check`)."""
+        if sampler.method in self.chains() or not self.has_denoiser:
+            return
+        solvers.check(sampler, self._denoiser_model(None, None, None,
+                                                    sampler.replace(guidance_scale=1.0)))
+
     def sampler(self, **changes) -> Sampler:
         """`default_sampler` with `changes` (a convenience for Python use)."""
         return self.default_sampler.replace(**changes)

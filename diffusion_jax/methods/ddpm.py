@@ -2,12 +2,15 @@
 
 q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (Eq. 4, `processes.schedules`);
 the network predicts epsilon, x0 or v; the simple loss is E ||target - prediction||^2 (Eq. 14,
-mean over pixels). Besides its own chains the model runs every shared solver as a denoiser on the
-schedule's sigma range.
+mean over pixels), optionally weighted per timestep by a function of SNR_t (`losses.weighting`).
+Besides its own chains the model runs every shared solver as a denoiser on the schedule's sigma
+range. A zero-terminal-SNR schedule (alpha_bar_T = 0, Lin et al. 2024) trains as it is and
+samples on `schedules.clip_terminal_alpha_bar` of it, with the shared solvers only.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar, Optional
 
 import jax
@@ -15,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import denoisers, guidance, variational_bound
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.losses.weighting import Weighting, snr_of_alpha_bar
 from diffusion_jax.methods.network import NetworkMethod, train_condition
-from diffusion_jax.processes import parameterization
+from diffusion_jax.processes import parameterization, schedules
 from diffusion_jax.processes.schedules import DiscreteSchedule, marginal_coefficients, q_sample
 from diffusion_jax.samplers import ddpm as ddpm_samplers
 from diffusion_jax.samplers import editing, solvers
@@ -35,14 +40,30 @@ class DDPM(NetworkMethod):
     label_dropout: float = 0.0
     caption_length: int = 0  # > 0: conditioned on (B, caption_length) caption tokens
     num_levels: int = 256  # pixel levels of the data, for the discretized decoder of bits/dim
+    loss_weighting: Weighting = Weighting()  # of the squared error, by SNR_t
 
     has_denoiser: ClassVar[bool] = True
     default_sampler: ClassVar[Sampler] = Sampler(method="ancestral", num_steps=1000, eta=0.0,
                                                  spacing="uniform")
     has_likelihood: ClassVar[bool] = True
 
+    @functools.cached_property
+    def zero_terminal_snr(self) -> bool:
+        """alpha_bar_T = 0: x_T is pure noise (`schedules.rescale_zero_terminal_snr`)."""
+        return float(np.asarray(self.schedule.alpha_bars)[-1]) == 0.0
+
+    @functools.cached_property
+    def sampling_schedule(self) -> DiscreteSchedule:
+        """The schedule of the denoiser and the grids: `schedule`, or with zero terminal SNR its
+        clipped form with alpha_bar_T = 2^-24 (sigma_T = 4096, `clip_terminal_alpha_bar`)."""
+        if self.zero_terminal_snr:
+            return schedules.clip_terminal_alpha_bar(self.schedule)
+        return self.schedule
+
     def loss(self, params, batch: dict, rng: jax.Array, aux=None, step=None):
-        """L_simple: t ~ U{0..T-1}, eps ~ N(0, I), mean ||target - model(x_t, t)||^2."""
+        """L_simple: t ~ U{0..T-1}, eps ~ N(0, I), mean ||target - model(x_t, t)||^2; with a
+        `loss_weighting` other than 'uniform', the batch mean of w(SNR_t) times each example's
+        mean squared error."""
         x0 = batch["image"]
         t_rng, n_rng, d_rng, l_rng = jax.random.split(rng, 4)
         t = jax.random.randint(t_rng, (x0.shape[0],), 0, self.schedule.num_timesteps)
@@ -52,8 +73,12 @@ class DDPM(NetworkMethod):
         pred = self.apply(params, x_t, t.astype(jnp.float32), cond, train=True, rng=d_rng)
         alpha, sigma = marginal_coefficients(self.schedule, t)
         target = parameterization.target(self.prediction, x0, noise, alpha, sigma)
-        loss = jnp.mean((pred - target) ** 2)
-        return loss, {}
+        if self.loss_weighting.name == "uniform":
+            return jnp.mean((pred - target) ** 2), {}
+        per_example = jnp.mean(jnp.square(pred - target).reshape(x0.shape[0], -1), axis=-1)
+        weight = self.loss_weighting(snr_of_alpha_bar(self.schedule.alpha_bars[t]),
+                                     self.prediction)
+        return jnp.mean(weight * per_example), {}
 
     def bits_per_dim(self, params, rng, x, cond=None, *, timesteps: int = 0,
                      variance: str = "beta", clip_x0: bool = False):
@@ -92,20 +117,41 @@ class DDPM(NetworkMethod):
         """D(x, sigma[, cond]) of the network (`denoisers.from_discrete`): queried at x_t = x /
         sqrt(1 + sigma^2) and the fractional timestep whose log sigma interpolates the
         schedule's, as DPM-Solver does for discrete-time models; exact on the schedule's sigmas.
-        Guided as `prediction_fn` says; range: the schedule's smallest and largest sigma."""
+        Guided as `prediction_fn` says; range: the smallest and largest sigma of
+        `sampling_schedule`."""
+        schedule = self.sampling_schedule
         D = denoisers.from_discrete(self.prediction_fn(params, cond, sampler.guidance),
-                                    self.prediction, self.schedule, mode="interpolate")
-        alpha_bars = np.asarray(self.schedule.alpha_bars, np.float64)[[0, -1]]
+                                    self.prediction, schedule, mode="interpolate")
+        alpha_bars = np.asarray(schedule.alpha_bars, np.float64)[[0, -1]]
         sigma_min, sigma_max = np.sqrt((1.0 - alpha_bars) / alpha_bars)
-        return solvers.DenoiserModel(D, float(sigma_min), float(sigma_max), self.schedule)
+        return solvers.DenoiserModel(D, float(sigma_min), float(sigma_max), schedule)
 
     def chains(self) -> dict:
         return {"ancestral": (self._ancestral, self._edit_chain),
                 "ddim": (self._ddim, self._edit_chain)}
 
+    def check_sampler(self, sampler: Sampler) -> None:
+        """The shared solvers' check, and for the chains a ConfigError for what they cannot
+        follow: zero terminal SNR (their steps divide by alpha_T = 0; the shared solvers run on
+        the clipped schedule), and for 'ddim' a grid other than DDIM's own uniform or quadratic
+        timesteps."""
+        if sampler.method not in self.chains():
+            return super().check_sampler(sampler)
+        if self.zero_terminal_snr:
+            raise ConfigError(f"sampler {sampler.method!r} divides by alpha_T = 0 of the "
+                              f"zero-terminal-SNR schedule; use a shared solver (e.g. euler, "
+                              f"which is DDIM, or unipc) with sampling.spacing='trailing'")
+        if sampler.method == "ddim" and (
+                sampler.sigmas or sampler.timesteps or
+                ddpm_samplers.ddim_spacing(sampler.spacing) not in ddpm_samplers.DDIM_SPACINGS):
+            raise ConfigError(f"DDPM's ddim chain runs on its uniform or quadratic timesteps "
+                              f"(sampling.spacing={sampler.spacing!r}); the shared solver "
+                              f"'euler' is DDIM on any grid")
+
     def _ancestral(self, params, rng, x_init, cond, aux, sampler: Sampler):
         """Ancestral sampling (Alg. 2) with sigma_t^2 = `variance`, `clip_x0`, over
         `num_steps` (respaced when < T)."""
+        self.check_sampler(sampler)
         x = ddpm_samplers.ancestral_sample(
             self.eps_fn(params, cond, sampler.guidance), self.schedule, rng, x_init.shape,
             variance=sampler.variance, clip_x0=sampler.clip_x0, num_steps=sampler.num_steps,
@@ -114,6 +160,7 @@ class DDPM(NetworkMethod):
 
     def _ddim(self, params, rng, x_init, cond, aux, sampler: Sampler):
         """DDIM (Song et al. 2021a, Eq. 12) with `eta` over `num_steps` timesteps of `spacing`."""
+        self.check_sampler(sampler)
         x = ddpm_samplers.ddim_sample(
             self.eps_fn(params, cond, sampler.guidance), self.schedule, rng, x_init.shape,
             num_steps=sampler.num_steps, eta=sampler.eta,
@@ -125,6 +172,7 @@ class DDPM(NetworkMethod):
         DDIM with eta is Euler-ancestral with eta, and 'ancestral' is Euler-ancestral with eta = 1,
         the posterior step, i.e. the chain with variance beta-tilde whatever `variance` says;
         `clip_x0` is not applied when editing."""
+        self.check_sampler(sampler)
         ddim = sampler.method == "ddim"
         taus = ddpm_samplers.ddim_timesteps(
             self.schedule.num_timesteps, sampler.num_steps,

@@ -3,19 +3,21 @@
 D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (Eq. 7) with the coefficients of one column
 of Table 1; the network F sees c_noise as its noise input. Training minimises
 E lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2 with the column's noise distribution and
-weight (Eq. 2 and Table 1; EDM: ln sigma ~ N(P_mean, P_std^2)). Sampling is any shared solver
-of `samplers.solvers` on D.
+weight (Eq. 2 and Table 1; EDM: ln sigma ~ N(P_mean, P_std^2)), or with lambda one of the SNR
+weightings of `losses.weighting` on the x0 error at SNR = 1 / sigma^2. Sampling is any shared
+solver of `samplers.solvers` on D.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 
 from diffusion_jax import guidance, preconditioning
 from diffusion_jax.losses.edm import edm_loss
+from diffusion_jax.losses.weighting import Weighting, snr_of_sigma
 from diffusion_jax.methods.network import NetworkMethod, train_condition
 from diffusion_jax.samplers import solvers
 from diffusion_jax.samplers.sampler import Sampler
@@ -33,6 +35,7 @@ class EDM(NetworkMethod):
     num_classes: int = 0
     label_dropout: float = 0.0
     caption_length: int = 0  # > 0: conditioned on (B, caption_length) caption tokens
+    loss_weighting: Optional[Weighting] = None  # None: the column's lambda(sigma)
 
     has_denoiser: ClassVar[bool] = True
     default_sampler: ClassVar[Sampler] = Sampler(method="heun", num_steps=18, sigma_min=0.002,
@@ -43,15 +46,21 @@ class EDM(NetworkMethod):
         F = lambda x, c_noise, cond=None: self.apply(params, x, c_noise, cond, train=train, rng=rng)
         return preconditioning.precondition(F, self.scheme)
 
+    def loss_weight(self, sigma: jax.Array) -> jax.Array:
+        """lambda(sigma): the column's, or `loss_weighting` of the x0 error at SNR = 1 / sigma^2."""
+        if self.loss_weighting is None:
+            return self.scheme.loss_weight(sigma)
+        return self.loss_weighting(snr_of_sigma(sigma), "x0")
+
     def loss(self, params, batch: dict, rng: jax.Array, aux=None, step=None):
         """Batch mean of lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2 (summed over pixels),
-        sigma and lambda from the column of Table 1."""
+        sigma from the column of Table 1 and lambda as `loss_weight` says."""
         loss_rng, dropout_rng, label_rng = jax.random.split(rng, 3)
         cond = train_condition(self, batch, label_rng)
         per_example = edm_loss(self.preconditioned(params, train=True, rng=dropout_rng),
                                batch["image"], loss_rng, cond,
                                sample_sigma=self.scheme.sample_sigma,
-                               loss_weight=self.scheme.loss_weight)
+                               loss_weight=self.loss_weight)
         return jnp.mean(per_example), {}
 
     def denoiser_model(self, params, cond, aux, sampler: Sampler) -> solvers.DenoiserModel:

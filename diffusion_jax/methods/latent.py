@@ -187,6 +187,9 @@ class LatentDiffusion(Method):
         """The inner method's denoiser on scaled latents z (e.g. a latent-space teacher)."""
         return self.inner.denoiser_model(params, cond, (aux or {}).get("inner", {}), sampler)
 
+    def check_sampler(self, sampler):
+        self.inner.check_sampler(sampler)
+
     def edit(self, params, rng, x, mask, cond=None, *, aux=None, sampler=None, task: str,
              strength: float):
         """SDEdit in latent space: encode x (posterior mean), the inner method's SDEdit at

@@ -21,6 +21,7 @@ from diffusion_jax import denoisers, guidance
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.likelihood import dequantized_bpd
 from diffusion_jax.losses.dsm import dsm_loss
+from diffusion_jax.losses.weighting import Weighting
 from diffusion_jax.methods.network import NetworkMethod, train_condition
 from diffusion_jax.processes.sde import SDE, VESDE, expand
 from diffusion_jax.samplers import editing, pc, solvers
@@ -45,6 +46,7 @@ class ScoreSDE(NetworkMethod):
     importance_weighting: bool = False
     reduce: str = "mean"
     caption_length: int = 0  # > 0: conditioned on (B, caption_length) caption tokens
+    loss_weighting: Weighting = Weighting()  # of the noise-prediction error, by SNR(t)
 
     has_denoiser: ClassVar[bool] = True
     default_sampler: ClassVar[Sampler] = Sampler(method="pc", num_steps=1000)
@@ -81,13 +83,17 @@ class ScoreSDE(NetworkMethod):
         return solvers.DenoiserModel(D, *self.sigma_range(sampler.eps))
 
     def loss(self, params, batch: dict, rng: jax.Array, aux=None, step=None):
-        """Continuous-time denoising score matching (Eq. 7, `losses.dsm.dsm_loss`)."""
+        """Continuous-time denoising score matching (Eq. 7, `losses.dsm.dsm_loss`); a
+        `loss_weighting` other than 'uniform' weights its noise-prediction error by SNR(t)."""
         loss_rng, dropout_rng, label_rng = jax.random.split(rng, 3)
         cond = train_condition(self, batch, label_rng)
         score = self.score_fn(params, cond, train=True, rng=dropout_rng)
+        snr_weight = (None if self.loss_weighting.name == "uniform"
+                      else lambda snr: self.loss_weighting(snr, "epsilon"))
         loss = dsm_loss(score, self.sde, batch["image"], loss_rng, eps=self.train_eps,
                         likelihood_weighting=self.likelihood_weighting,
-                        importance_weighting=self.importance_weighting, reduce=self.reduce)
+                        importance_weighting=self.importance_weighting, reduce=self.reduce,
+                        snr_weight=snr_weight)
         return loss, {}
 
     def sigma_range(self, eps: float) -> tuple[float, float]:

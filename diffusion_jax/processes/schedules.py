@@ -151,8 +151,10 @@ BETA_SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas,
 
 def make_schedule(name: str, num_timesteps: int, *, zero_terminal_snr: bool = False,
                   **kwargs) -> DiscreteSchedule:
-    """The schedule `name` of BETA_SCHEDULES, rescaled to zero terminal SNR if asked."""
-    if name not in BETA_SCHEDULES:
-        raise ValueError(f"unknown beta schedule {name!r}; valid: {sorted(BETA_SCHEDULES)}")
-    betas = BETA_SCHEDULES[name](num_timesteps, **kwargs)
+    """The schedule `name` of BETA_SCHEDULES or 'shifted_cosine' (which needs `resolution`),
+    rescaled to zero terminal SNR if asked."""
+    builders = {**BETA_SCHEDULES, "shifted_cosine": shifted_cosine_betas}
+    if name not in builders:
+        raise ValueError(f"unknown beta schedule {name!r}; valid: {sorted(builders)}")
+    betas = builders[name](num_timesteps, **kwargs)
     return from_betas(rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)

@@ -22,7 +22,6 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffusion_jax.denoisers import call, per_example, vp_sigma, vp_t_of_sigma
 from diffusion_jax.errors import choose
@@ -289,8 +288,9 @@ def dpm_solver_pp_2s_ancestral_sample(denoiser: Callable, rng: jax.Array, shape,
     return jax.lax.fori_loop(0, sigmas.shape[0] - 1, body, x)
 
 
-def dpm_solver_pp_2s_ancestral_nfe(sigmas, eta: float = 1.0) -> int:
-    """Two evaluations per step, one where sigma_down = 0 (the step onto sigma = 0)."""
-    sigmas = np.asarray(sigmas, np.float64)
+def dpm_solver_pp_2s_ancestral_nfe(sigmas, eta: float = 1.0) -> jax.Array:
+    """Two evaluations per step, one where sigma_down = 0 (the step onto sigma = 0), computed in
+    the grid's dtype as the sampler does (traceable)."""
+    sigmas = jnp.asarray(sigmas)
     sigma_down, _ = ancestral_levels(sigmas[:-1], sigmas[1:], eta)
-    return int(np.sum(np.where(np.asarray(sigma_down) > 0, 2, 1)))
+    return jnp.sum(jnp.where(sigma_down > 0, 2, 1))

@@ -12,9 +12,10 @@ import math
 
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.guidance import Guidance
-from diffusion_jax.samplers import ddpm, dpm_solver, ode, pc
+from diffusion_jax.samplers import ddpm, dpm_solver, grids, ode, pc, unipc
 
-SPACINGS = dpm_solver.SPACINGS + ddpm.DDIM_SPACINGS
+SPACINGS = ("karras",) + dpm_solver.SPACINGS + ddpm.DDIM_SPACINGS + grids.SPACINGS
+SOLVER_PREDICTIONS = ("", "data", "noise")
 GENERIC_KEYS = ("num_samples", "batch_size", "use_ema", "seed", "save_pngs")  # the launcher's
 
 
@@ -22,16 +23,29 @@ GENERIC_KEYS = ("num_samples", "batch_size", "use_ema", "seed", "save_pngs")  # 
 class Sampler:
     """What to run and how.
 
-    method: a shared solver of `samplers.solvers` on the model's denoiser ('heun', 'euler',
-      'euler_ancestral', 'dpm_solver', 'dpm_solver_pp_2m', 'dpm_solver_pp_2m_sde', 'ddim') or a
-      chain of the method's own ('ancestral' and 'ddim' of DDPM, 'pc' and 'ode' of score SDEs,
-      'onestep' and 'multistep' of consistency models, 'prior' of the autoencoder).
-    Grid: num_steps, sigma_min / sigma_max (0: the model's range), rho (Karras et al. 2022,
-      Eq. 5), spacing of the DPM-Solver and DDIM grids (log-SNR or uniform / quadratic in time;
-      'uniform' and 'quadratic' are DDIM's names for the same time grids), sigmas (an explicit
-      decreasing grid, consistency models).
-    Stochasticity: S_churn, S_min, S_max, S_noise (EDM Algorithm 2); eta (ancestral noise of
-      Euler-ancestral and DDIM); order of single-step DPM-Solver.
+    method: a shared solver of `samplers.solvers` on the model's denoiser (`solvers.SOLVERS`:
+      'heun', 'euler', 'euler_ancestral', 'dpm_solver', 'dpm_solver_pp_2m',
+      'dpm_solver_pp_2m_sde', 'ddim', 'unipc', 'dpm_solver_pp_3m', 'dpm_solver_pp_3m_sde',
+      'dpm_solver_pp_2s_ancestral', 'lms', 'deis') or a chain of the method's own ('ancestral'
+      and 'ddim' of DDPM, 'pc' and 'ode' of score SDEs, 'onestep' and 'multistep' of consistency
+      models, 'prior' of the autoencoder).
+    Grid (`solvers.sigma_grid`): num_steps, sigma_min / sigma_max (0: the model's range), rho
+      (Karras et al. 2022, Eq. 5), spacing ('karras': the rho grid for any solver; 'logsnr',
+      'time_uniform', 'time_quadratic': the DPM-Solver grids, 'uniform' and 'quadratic' DDIM's
+      names for the same time grids; 'leading' / 'trailing' with steps_offset: diffusers'
+      timestep spacings of a discrete-time model), sigmas (an explicit decreasing grid: any
+      solver, and multistep consistency sampling) or timesteps (explicit decreasing timestep
+      indices of a discrete-time model).
+    Stochasticity: S_churn, S_min, S_max, S_noise (EDM Algorithm 2; S_noise also scales the
+      noise of the SDE and ancestral DPM-Solvers); eta (ancestral noise of Euler-ancestral,
+      DDIM, DPM-Solver++(2S) ancestral and the DPM-Solver++(3M) SDE).
+    Solver options: order (0: the solver's own default: single-step DPM-Solver 3, UniPC 2,
+      DEIS 2, LMS 4); solver_prediction ('data' or 'noise' model output of UniPC and single-step
+      DPM-Solver; '': UniPC 'data', DPM-Solver 'noise'); unipc_variant (B(h) of UniPC, 'bh1' or
+      'bh2'); disable_corrector (UniPC steps without correction); lower_order_final (the
+      multistep solvers' lower orders on the last steps below 15 steps: UniPC, DEIS,
+      DPM-Solver++(3M)); second_order ('heun' or 'midpoint' second step of DPM-Solver++(3M));
+      taylor_d2 (DPM-Solver++(3M) of order 3 instead of the references' 2).
     DDPM chains: variance (sigma_t^2 = beta_t or beta-tilde_t), clip_x0.
     Score-SDE chains: eps (end time), predictor, corrector, snr, n_corrector_steps, denoise,
       ode_solver, rtol, atol.
@@ -45,13 +59,21 @@ class Sampler:
     sigma_max: float = 0.0
     rho: float = 7.0
     spacing: str = "logsnr"
+    steps_offset: int = 0
     sigmas: tuple = ()
+    timesteps: tuple = ()
     S_churn: float = 0.0
     S_min: float = 0.0
     S_max: float = math.inf
     S_noise: float = 1.0
     eta: float = 1.0
-    order: int = 3
+    order: int = 0
+    solver_prediction: str = ""
+    unipc_variant: str = "bh2"
+    disable_corrector: tuple = ()
+    lower_order_final: bool = True
+    second_order: str = "heun"
+    taylor_d2: bool = False
     variance: str = "beta"
     clip_x0: bool = False
     eps: float = 1e-3
@@ -104,9 +126,23 @@ def check(sampler: Sampler) -> None:
                              ("variance", "ancestral variance", ddpm.ANCESTRAL_VARIANCES),
                              ("predictor", "predictor", pc.PREDICTORS),
                              ("corrector", "corrector", pc.CORRECTORS),
-                             ("ode_solver", "ODE solver", {**ode.ADAPTIVE, **ode.FIXED_STAGES})):
+                             ("ode_solver", "ODE solver", {**ode.ADAPTIVE, **ode.FIXED_STAGES}),
+                             ("solver_prediction", "solver prediction", SOLVER_PREDICTIONS),
+                             ("unipc_variant", "UniPC variant", unipc.VARIANTS),
+                             ("second_order", "DPM-Solver++(3M) second-order form",
+                              dpm_solver.SECOND_ORDER_FORMS)):
         choose(f"{what} (sampling.{key})", getattr(sampler, key), valid)
     if sampler.num_steps < 1:
         raise ConfigError(f"sampling.num_steps must be >= 1, got {sampler.num_steps}")
-    if sampler.order not in (1, 2, 3):
-        raise ConfigError(f"sampling.order must be 1, 2 or 3, got {sampler.order}")
+    if sampler.order < 0 or (sampler.order > 3 and sampler.method != "lms"):
+        raise ConfigError(f"sampling.order must be 1, 2 or 3 (any >= 1 for lms; 0: the solver's "
+                          f"default), got {sampler.order}")
+    if sampler.steps_offset and sampler.spacing != "leading":
+        raise ConfigError(f"sampling.steps_offset applies to sampling.spacing='leading' only, "
+                          f"got spacing {sampler.spacing!r}")
+    if sampler.sigmas and sampler.timesteps:
+        raise ConfigError("sampling.sigmas and sampling.timesteps each give the whole grid; "
+                          "set one of them")
+    if not all(isinstance(i, int) for i in sampler.disable_corrector):
+        raise ConfigError(f"sampling.disable_corrector must be a list of step indices, got "
+                          f"{list(sampler.disable_corrector)}")
