@@ -20,6 +20,7 @@ from diffusion_jax.training.loop import abstract_state, call_sizes, initial_stat
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import jit_train_step, train_step
 
+pytestmark = pytest.mark.devices(8)
 
 # Biases in front of a GroupNorm have zero gradient in exact arithmetic; with Adam's eps = 1e-8
 # their float-rounding gradients (1e-9, different for each device layout) become full-size
