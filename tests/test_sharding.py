@@ -206,11 +206,11 @@ def test_bfloat16_compute_changes_the_output_only_by_bf16_rounding():
     x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
     t = jnp.array([1.0, 10.0, 50.0, 90.0])
     kwargs = dict(TINY_MODEL, attn_resolutions=(4,))
-    params = UNet(**kwargs).init(jax.random.key(2), x, t)
-    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(3), p.shape),
-                          params)  # non-zero output layer
-    out32 = UNet(**kwargs).apply(params, x, t)
-    out16 = UNet(dtype=jnp.bfloat16, **kwargs).apply(params, x, t)
+    params = jax.jit(UNet(**kwargs).init)(jax.random.key(2), x, t)
+    params = jax.jit(lambda params: jax.tree.map(  # non-zero output layer
+        lambda p: p + 0.05 * jax.random.normal(jax.random.key(3), p.shape), params))(params)
+    out32 = jax.jit(UNet(**kwargs).apply)(params, x, t)  # jitted: eager dispatch compiles each op
+    out16 = jax.jit(UNet(dtype=jnp.bfloat16, **kwargs).apply)(params, x, t)
     assert out16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
     assert 1e-5 < rel < 3e-2
