@@ -1,12 +1,112 @@
-"""Test set-up, before JAX is imported: eight fake CPU devices for the sharding tests, and a
-persistent compilation cache so identical programs (each test builds its own) compile once.
-Subprocesses started by tests inherit both through the environment."""
+"""Test set-up, before JAX is imported: one CPU device, and a persistent compilation cache so
+identical programs (each test builds its own) compile once. Subprocesses started by tests inherit
+both through the environment.
+
+Tests marked `@pytest.mark.devices(n)` (sharding, data parallelism) need n fake CPU devices: the
+first of them in each module runs all of that module's marked tests, selected by node id, in one
+child pytest on n devices, and each marked test reports the child's outcome. Every other test runs
+on one device, where tiny programs compile and run several times faster than split eight ways.
+A pre-set XLA_FLAGS that already fixes the device count is refused rather than silently kept."""
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import pytest
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+_CHILD_REPORT = "DIFFUSION_JAX_TEST_CHILD_REPORT"  # set in a child: where it writes its outcomes
+
+
+def _set_device_count():
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _CHILD_REPORT in os.environ:
+        return  # the parent chose this child's device count
+    if _DEVICE_FLAG in flags:
+        raise pytest.UsageError(
+            f"XLA_FLAGS={flags!r} sets the device count; the suite chooses it per test "
+            "(@pytest.mark.devices); unset XLA_FLAGS or drop that flag")
+    os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}=1".strip()
+
+
+_set_device_count()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "diffusion_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_child_outcomes = {}  # node id -> (passed, skipped, text) from the child runs of the parent
+
+
+def _devices(item):
+    marker = item.get_closest_marker("devices")
+    return None if marker is None else int(marker.args[0])
+
+
+def _run_child(items, devices):
+    """The given items in one pytest process on `devices` fake CPU devices; their outcomes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "outcomes.json")
+        env = dict(os.environ, **{_CHILD_REPORT: report})
+        env["XLA_FLAGS"] = " ".join(
+            [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_FLAG)]
+            + [f"{_DEVICE_FLAG}={devices}"])
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             *[item.nodeid for item in items]],
+            cwd=_ROOT, env=env, capture_output=True, text=True)
+        outcomes = {}
+        if os.path.exists(report):
+            with open(report) as f:
+                outcomes = {k: tuple(v) for k, v in json.load(f).items()}
+    for item in items:
+        outcomes.setdefault(item.nodeid, (False, False, "no outcome from the child pytest:\n"
+                                          + proc.stdout[-4000:] + proc.stderr[-4000:]))
+    return outcomes
+
+
+def pytest_runtest_setup(item):
+    devices = _devices(item)
+    if devices is None or _CHILD_REPORT in os.environ:
+        return
+    if item.nodeid not in _child_outcomes:
+        group = [i for i in item.session.items
+                 if i.module is item.module and _devices(i) == devices]
+        _child_outcomes.update(_run_child(group, devices))
+    _, skipped, text = _child_outcomes[item.nodeid]
+    if skipped:
+        pytest.skip(text)
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    """A marked test's body ran in the child: report its outcome instead of running it here."""
+    devices = _devices(pyfuncitem)
+    if devices is None or _CHILD_REPORT in os.environ:
+        return None
+    passed, _, text = _child_outcomes[pyfuncitem.nodeid]
+    if not passed:
+        pytest.fail(f"on {devices} devices (child pytest):\n{text}", pytrace=False)
+    return True
+
+
+def pytest_runtest_logreport(report):
+    """In a child: record each test's outcome for the parent."""
+    path = os.environ.get(_CHILD_REPORT)
+    if path is None:
+        return
+    outcomes = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            outcomes = json.load(f)
+    passed, skipped, text = outcomes.get(report.nodeid, (True, False, ""))
+    if report.skipped:
+        skipped, text = True, str(report.longrepr[-1] if isinstance(report.longrepr, tuple)
+                                  else report.longrepr)
+    elif report.failed:
+        passed, text = False, f"{report.when}: {report.longreprtext}"
+    outcomes[report.nodeid] = (passed, skipped, text)
+    with open(path, "w") as f:
+        json.dump(outcomes, f)

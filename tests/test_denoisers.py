@@ -179,7 +179,74 @@ def test_edm_loss_of_exact_denoiser_is_weighted_posterior_variance():
     np.testing.assert_allclose(averaged, summed / 3.0, rtol=1e-5)
 
 
+def _posterior_trace(sigma):
+    """tr Cov[x0 | x0 + sigma n] = tr(C - C (C + sigma^2 I)^-1 C) of GAUSS, float64, per sigma."""
+    c = np.asarray(COV, np.float64)
+    sigma = np.atleast_1d(np.asarray(sigma, np.float64))
+    return np.array([np.trace(c - c @ np.linalg.solve(c + s**2 * np.eye(3), c)) for s in sigma])
+
+
+def _expected_column_loss(name, sigma_law=None):
+    """E_sigma[lambda(sigma) tr Cov[x0 | x]] of the exact denoiser of GAUSS under the column's
+    Table-1 training law, by quadrature in float64 from the paper's formulas (not the code's):
+    EDM ln sigma ~ N(-1.2, 1.2^2), lambda = (sigma^2 + 0.25) / (0.5 sigma)^2; VP t ~ U(1e-5, 1),
+    sigma = sqrt(exp(19.9 t^2 / 2 + 0.1 t) - 1); VE ln sigma ~ U(ln 0.02, ln 100); iDDPM sigma
+    uniform on u_0 .. u_{M-1}; lambda = 1 / sigma^2 for the last three. `sigma_law` overrides
+    the law's parameters (for the negative controls)."""
+    law = dict(edm=(-1.2, 1.2), vp=(19.9, 0.1, 1e-5), ve=(0.02, 100.0), iddpm=(0, 1000))[name] \
+        if sigma_law is None else sigma_law
+    if name == "edm":
+        z, w = np.polynomial.hermite_e.hermegauss(80)
+        sigma = np.exp(law[0] + law[1] * z)
+        return float(np.sum(w * (sigma**2 + 0.25) / (0.5 * sigma) ** 2 * _posterior_trace(sigma))
+                     / np.sum(w))
+    if name == "iddpm":
+        u = np.asarray(preconditioning.IDDPMPrecond().u)[law[0]:law[1]]
+        return float(np.mean(_posterior_trace(u) / u**2))
+    x, w = np.polynomial.legendre.leggauss(400)
+    if name == "vp":
+        beta_d, beta_min, eps = law
+        t = eps + (1.0 - eps) * (x + 1.0) / 2.0
+        sigma = np.sqrt(np.expm1(0.5 * beta_d * t**2 + beta_min * t))
+    else:
+        lo, hi = np.log(law[0]), np.log(law[1])
+        sigma = np.exp(lo + (hi - lo) * (x + 1.0) / 2.0)
+    return float(np.sum(w * _posterior_trace(sigma) / sigma**2) / 2.0)
+
+
+# the column, and a slightly wrong training law of it that the same check rejects (verified)
+COLUMN_CONTROLS = {"edm": (-0.9, 1.2), "vp": (19.9, 0.1, 3e-2), "ve": (0.02, 50.0),
+                   "iddpm": (0, 900)}
+
+
+@pytest.mark.parametrize("name", list(COLUMN_CONTROLS))
+def test_edm_loss_of_each_column_has_its_expected_value(name):
+    """Karras et al. 2022, Table 1: the loss of the exact denoiser of GAUSS under each column's
+    `sample_sigma` and `loss_weight` averages to its closed-form expectation within 4 standard
+    errors of 20000 draws; the expectation under the control's law (EDM P_mean -0.9, VP
+    epsilon_t 3e-2, VE sigma_max 50, iDDPM without its 100 noisiest levels; 6 to 16 standard
+    errors away) is rejected by the same check."""
+    column = preconditioning.COLUMNS[name]()
+    x0 = GAUSS.sample(jax.random.key(3), 20000)
+    losses = np.asarray(jax.jit(lambda rng: edm_loss.edm_loss(
+        GAUSS.denoiser, x0, rng, sample_sigma=column.sample_sigma,
+        loss_weight=column.loss_weight))(jax.random.key(4)), np.float64)
+    se = losses.std() / np.sqrt(losses.size)
+    assert abs(losses.mean() - _expected_column_loss(name)) < 4 * se
+    assert abs(losses.mean() - _expected_column_loss(name, COLUMN_CONTROLS[name])) > 4 * se
+
+
 def test_edm_loss_is_jittable_with_preconditioned_network():
-    D = preconditioning.precondition(lambda x_in, c_noise: 0.1 * x_in, preconditioning.EDMPrecond())
-    loss = jax.jit(lambda x0, rng: edm_loss.edm_loss(D, x0, rng).mean())(_points(), jax.random.key(5))
-    assert np.isfinite(float(loss)) and float(loss) > 0
+    """D(x, sigma) = c_skip x + c_out 0.1 c_in x for D's F = 0.1 x_in, so the EDM loss is
+    lambda(sigma) ||(c_skip + 0.1 c_out c_in)(x0 + sigma n) - x0||^2 in closed form."""
+    scheme = preconditioning.EDMPrecond()
+    D = preconditioning.precondition(lambda x_in, c_noise: 0.1 * x_in, scheme)
+    x0, rng = _points(), jax.random.key(5)
+    loss = jax.jit(lambda x0, rng: edm_loss.edm_loss(D, x0, rng))(x0, rng)
+    sigma_rng, noise_rng = jax.random.split(rng)
+    sigma = scheme.sample_sigma(sigma_rng, x0.shape[0])
+    x = x0 + sigma[:, None] * jax.random.normal(noise_rng, x0.shape)
+    c = scheme(sigma)
+    gain = (c.c_skip + 0.1 * c.c_out * c.c_in)[:, None]
+    expected = (sigma**2 + 0.25) / (0.5 * sigma) ** 2 * jnp.sum((gain * x - x0) ** 2, axis=1)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)

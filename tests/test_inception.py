@@ -182,6 +182,7 @@ def test_converter_maps_a_torch_state_dict_onto_the_flax_tree():
 
 
 @pytest.mark.slow
+@pytest.mark.devices(8)
 def test_feature_fn_preprocesses_and_shards_a_batch_over_the_mesh(tmp_path):
     from diffusion_jax.parallel import make_mesh
 

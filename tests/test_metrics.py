@@ -217,6 +217,7 @@ def test_digits_classifier_score_of_real_digits_is_near_the_number_of_classes(di
     assert score > 8.0 and noise_score < 0.5 * score
 
 
+@pytest.mark.devices(8)
 def test_digits_features_sharded_over_a_mesh_equal_unsharded():
     from diffusion_jax.data.digits import load_digits_arrays
     from diffusion_jax.evaluation.digits_features import digits_feature_fn

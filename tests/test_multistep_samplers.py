@@ -185,6 +185,7 @@ def test_converges_at_its_order_on_the_exact_gaussian_flow(name):
     assert not close(_observed_order(lower, steps))  # negative control: one order lower
 
 
+@pytest.mark.slow  # twelve sampler compilations, float32 and float64
 def test_float32_runs_follow_the_float64_ones():
     """The deterministic samplers in float32 (the quadrature weights, UniPC's solves) on a 10-step
     rho grid of the mixture: within 1e-4 of float64 (measured at most 4e-5)."""

@@ -49,6 +49,7 @@ def _one_step(config, mesh):
     return state, float(metrics["loss"])
 
 
+@pytest.mark.devices(8)
 def test_mesh_shapes_and_bad_meshes():
     assert dict(parallel.make_mesh(data=2, fsdp=-1).shape) == {"data": 2, "fsdp": 4}
     assert dict(parallel.make_mesh().shape) == {"data": 8, "fsdp": 1}
@@ -59,6 +60,7 @@ def test_mesh_shapes_and_bad_meshes():
 
 
 @pytest.mark.slow
+@pytest.mark.devices(8)
 def test_fsdp_and_data_parallel_steps_equal_one_device():
     config = tiny_ddpm_config()
     config.optim.eps = ADAM_EPS
@@ -113,6 +115,7 @@ def test_gradient_accumulation_trains_through_the_loop(tmp_path):
         train(config, str(tmp_path / "bad"))
 
 
+@pytest.mark.devices(8)
 def test_several_steps_per_call_equal_single_steps():
     """k steps scanned in one jitted call: the same states and metrics as k separate calls
     (the step's randomness depends on state.step only), here FSDP-sharded over 2 x 4."""
@@ -168,6 +171,7 @@ def test_steps_per_call_trains_through_the_loop_like_single_steps(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.devices(8)
 def test_checkpoint_from_8_devices_restores_on_2_and_1_and_continues_equal(tmp_path):
     """Saved FSDP-sharded on 8 devices, restored onto 2 (FSDP) and onto 1, trained on."""
     config = tiny_ddpm_config(num_steps=2, checkpoint_every=2, batch_size=16)
@@ -202,17 +206,18 @@ def test_bfloat16_compute_changes_the_output_only_by_bf16_rounding():
     x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
     t = jnp.array([1.0, 10.0, 50.0, 90.0])
     kwargs = dict(TINY_MODEL, attn_resolutions=(4,))
-    params = UNet(**kwargs).init(jax.random.key(2), x, t)
-    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(3), p.shape),
-                          params)  # non-zero output layer
-    out32 = UNet(**kwargs).apply(params, x, t)
-    out16 = UNet(dtype=jnp.bfloat16, **kwargs).apply(params, x, t)
+    params = jax.jit(UNet(**kwargs).init)(jax.random.key(2), x, t)
+    params = jax.jit(lambda params: jax.tree.map(  # non-zero output layer
+        lambda p: p + 0.05 * jax.random.normal(jax.random.key(3), p.shape), params))(params)
+    out32 = jax.jit(UNet(**kwargs).apply)(params, x, t)  # jitted: eager dispatch compiles each op
+    out16 = jax.jit(UNet(dtype=jnp.bfloat16, **kwargs).apply)(params, x, t)
     assert out16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
     assert 1e-5 < rel < 3e-2
 
 
 @pytest.mark.slow
+@pytest.mark.devices(8)
 def test_fast_training_path_follows_the_plain_one_to_bf16_rounding():
     """The benchmarked path (bf16 compute, remat, 2 steps per jitted call, FSDP 2 x 4) against
     the plain one (float32, single steps, data parallel) from the same initial parameters and

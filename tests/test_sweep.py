@@ -159,6 +159,7 @@ def test_dry_run_lists_members_and_commands_without_running(tmp_path):
     assert f"--train_workdir={tmp_path / 'run' / 'train' / 'training.seed=1'}" in text
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_sweep_writes_the_table_and_the_plots(sweep):
     rows = results(sweep)
     assert sorted(rows) == sorted(member_name(m) for m in TWO_AXES.members())
@@ -175,6 +176,7 @@ def test_sweep_writes_the_table_and_the_plots(sweep):
     assert state["counts"] == {"done": 4, "running": 0, "failed": 0, "pending": 0}
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_every_run_records_config_commit_versions_devices_and_seed(sweep):
     for name in ("train/training.seed=1", "members/sampling.method=heun,training.seed=1"):
         run = json.loads((sweep / name / "run.json").read_text())
@@ -183,6 +185,7 @@ def test_every_run_records_config_commit_versions_devices_and_seed(sweep):
         assert json.loads((sweep / name / "config.json").read_text())["training"]["seed"] == 1
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_member_configs_equal_the_configs_parsed_from_their_names(sweep):
     for name in os.listdir(sweep / "members"):
         written = json.loads((sweep / "members" / name / "config.json").read_text())
@@ -190,6 +193,7 @@ def test_member_configs_equal_the_configs_parsed_from_their_names(sweep):
         assert written == json.loads(parsed.to_json_best_effort(sort_keys=True))
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_members_sharing_a_training_run_keep_their_own_evaluations(sweep):
     ddim, heun = (json.loads((sweep / "members" / f"sampling.method={method},training.seed=0" /
                               "done.json").read_text()) for method in ("ddim", "heun"))
@@ -198,6 +202,7 @@ def test_members_sharing_a_training_run_keep_their_own_evaluations(sweep):
     assert sorted(os.listdir(sweep / "train")) == ["training.seed=0", "training.seed=1"]
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_different_seeds_give_different_metrics(sweep):
     rows = results(sweep)
     for method in ("ddim", "heun"):
@@ -207,6 +212,7 @@ def test_different_seeds_give_different_metrics(sweep):
         assert seed0["digits_frechet_distance"] != seed1["digits_frechet_distance"]
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_a_rerun_of_a_finished_sweep_runs_nothing(sweep):
     done = {n: os.path.getmtime(sweep / "members" / n / "done.json")
             for n in os.listdir(sweep / "members")}
@@ -216,6 +222,7 @@ def test_a_rerun_of_a_finished_sweep_runs_nothing(sweep):
     assert done == {n: os.path.getmtime(sweep / "members" / n / "done.json") for n in done}
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_report_rebuilt_from_the_directories_equals_the_original(sweep, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)
@@ -258,6 +265,7 @@ def rerun(sweep, tmp_path_factory):
     return copy, kept, out.getvalue()
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_a_rerun_skips_finished_members(rerun):
     copy, kept, out = rerun
     assert kept == {n: os.path.getmtime(copy / "members" / n / "done.json") for n in kept}
@@ -265,6 +273,7 @@ def test_a_rerun_skips_finished_members(rerun):
     assert out.count("running (eval)") == 4  # ddim and nope, seeds 0 and 1
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_an_interrupted_member_resumes_from_its_checkpoint(rerun, sweep):
     copy, _, _ = rerun
     log = (copy / "train" / "training.seed=1" / "logs" / "train.err").read_text()
@@ -275,6 +284,7 @@ def test_an_interrupted_member_resumes_from_its_checkpoint(rerun, sweep):
             == results(sweep)[name]["digits_frechet_distance"])
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_the_same_config_and_seed_give_identical_metrics(rerun, sweep):
     copy, _, _ = rerun
     name = "sampling.method=ddim,training.seed=0"  # trained and evaluated again from scratch
@@ -283,6 +293,7 @@ def test_the_same_config_and_seed_give_identical_metrics(rerun, sweep):
         assert results(copy)[name][metric] == results(sweep)[name][metric]
 
 
+@pytest.mark.slow  # the sweep fixture trains two runs in subprocesses (about 1.5 min of CPU)
 def test_a_failing_member_is_marked_failed_while_the_others_finish(rerun):
     copy, _, _ = rerun
     rows = results(copy)

@@ -56,6 +56,7 @@ def test_resume_drops_log_lines_written_after_the_checkpoint(tmp_path):
     assert workdir_io.read_metrics(str(tmp_path))[2]["loss"] != 9.0
 
 
+@pytest.mark.devices(8)
 def test_eight_devices_equal_one_device():
     """One jitted step with the batch split over 8 devices gives the 1-device update."""
     assert jax.device_count() == 8
@@ -76,6 +77,7 @@ def test_eight_devices_equal_one_device():
 
 
 @pytest.mark.slow
+@pytest.mark.devices(8)
 def test_two_processes_on_loopback_train_and_agree(tmp_path):
     """Two processes (one CPU device each) train together with the state FSDP-sharded across
     them (the batch split over both), and end on the parameters of one process with two
