@@ -59,7 +59,7 @@ def unet(image_size: int = 32, device: str = "cuda", tiny: bool = False):
                                        "DownBlock2D"),
                      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
     return UNet2DModel(sample_size=image_size, in_channels=3, out_channels=3, dropout=0.1,
-                       **shape).to(device)
+                       attention_head_dim=None, downsample_padding=0, **shape).to(device)
 
 
 def ddpm_scheduler_kwargs() -> dict:
