@@ -80,12 +80,16 @@ def test_consistency_coefficients_are_the_papers():
 def test_ct_schedules_match_their_formulas():
     K, s0, s1 = 800_000, 2, 150
     for k in (0, 1000, 123_456, 400_000, 800_000):
-        expected = math.ceil(math.sqrt(k / K * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
+        expected = max(math.ceil(math.sqrt(k / K * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1), 1) + 1
         assert int(objectives.ct_num_scales(k, K, s0, s1)) == expected
     assert int(objectives.ct_num_scales(0, K)) == 2 and int(objectives.ct_num_scales(K, K)) == 151
+    assert int(objectives.ct_num_scales(0, K, 1, 150)) == 2  # never fewer than two levels
+    # mu(k) = exp(s0 ln(mu0) / (N(k) - 1)), as the released code (cm/script_util.py) computes it
     for n in (2, 17, 151):
         assert float(objectives.ct_target_decay(n, 2, 0.9)) == pytest.approx(
-            math.exp(2 * math.log(0.9) / n), rel=1e-6)
+            math.exp(2 * math.log(0.9) / (n - 1)), rel=1e-6)
+    assert float(objectives.ct_target_decay(2, 2, 0.9)) == pytest.approx(0.81, rel=1e-6)
+    assert float(objectives.ct_target_decay(151, 2, 0.0)) == 0.0
     # improved CT: N = min(10 * 2^floor(k / K'), 1280) + 1, K' = floor(K / (log2(128) + 1))
     K = 400_000
     stage = math.floor(K / (math.log2(1280 / 10) + 1))
@@ -248,10 +252,12 @@ def test_ct_target_follows_mu_of_k_and_ict_has_no_target():
     ct = Consistency(model=MLP(), image_shape=(2,), training_mode="ct", total_steps=100)
     aux = {"target": {"w": jnp.zeros(3)}}
     new = ct.update_aux(aux, params, 50)
-    mu = math.exp(2 * math.log(0.9) / int(objectives.ct_num_scales(50, 100)))
+    mu = math.exp(2 * math.log(0.9) / (int(objectives.ct_num_scales(50, 100)) - 1))
     np.testing.assert_allclose(new["target"]["w"], 1 - mu, rtol=1e-4)
     ict = Consistency(model=MLP(), image_shape=(2,), training_mode="ict", total_steps=100)
     assert ict.init_aux(params, jax.random.PRNGKey(0)) == {}
+    no_ema = Consistency(model=MLP(), image_shape=(2,), training_mode="ct", mu0=0.0)
+    assert no_ema.init_aux(params, jax.random.PRNGKey(0)) == {}  # target = online, no copy
     cd = Consistency(model=MLP(), image_shape=(2,), training_mode="cd", target_ema=0.5,
                      teacher=analytic.ExactTeacher(GAUSSIAN, (2,)))
     np.testing.assert_allclose(cd.update_aux(aux, params, 0)["target"]["w"], 0.5)
