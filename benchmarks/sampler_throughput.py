@@ -45,7 +45,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import _common  # noqa: E402
 import _diffusers  # noqa: E402
-from diffusion_jax.methods.edm import fast_sample_nfe  # noqa: E402
+from diffusion_jax.samplers import solvers  # noqa: E402
 
 # sampler -> (DDPM.sample options, full step count)
 SAMPLERS = {
@@ -75,6 +75,11 @@ def time_compiled(fn, args, repeats: int):
     return compile_s, statistics.median(times)
 
 
+def _nfe(sampler) -> int:
+    """Network evaluations: a shared solver's count, or one per step of a DDPM chain."""
+    return solvers.nfe(sampler) if sampler.method in solvers.SOLVERS else sampler.num_steps
+
+
 def time_ours(method, params, batch: int, samplers, steps_scale: float, repeats: int):
     """[(row, evaluations, s per batch, compile s)]: one evaluation, then each sampler."""
     shape = (batch,) + tuple(method.image_shape)
@@ -88,13 +93,15 @@ def time_ours(method, params, batch: int, samplers, steps_scale: float, repeats:
         options, _ = SAMPLERS[name]
         n = scaled_steps(name, steps_scale)
 
-        def sample(params, rng, options=options, n=n):
+        sampler = method.sampler(num_steps=n, **options)
+
+        def sample(params, rng, sampler=sampler):
             noise_rng, rng = jax.random.split(rng)
             x_init = jax.random.normal(noise_rng, shape)
-            return method.sample(params, rng, x_init, num_steps=n, **options)
+            return method.sample(params, rng, x_init, sampler=sampler)
 
         compile_s, s = time_compiled(sample, (params, jax.random.PRNGKey(1)), repeats)
-        rows.append((f"{name} {n} steps", fast_sample_nfe(options["method"], n), s, compile_s))
+        rows.append((f"{name} {n} steps", _nfe(sampler), s, compile_s))
         print(f"  timed {name}: {s:.3f} s per batch", flush=True)
     return rows
 

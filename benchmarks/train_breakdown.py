@@ -8,7 +8,7 @@ For each network (`_common.NETWORKS`) and compute dtype (`model.dtype`, params f
 random data split over every local device, each row but the input ones is its own compiled
 program, timed as the median of `--steps` calls after a warm-up call, each blocked until ready:
 
-- `forward`: the method's loss (`training.step.method_loss`: noise and time draws, the network
+- `forward`: the method's loss (`method.loss`: noise and time draws, the network
   in training mode with dropout, the loss);
 - `forward+backward`: `jax.value_and_grad` of that loss;
 - `optimizer+EMA`: the config's optax optimizer (`update`, `apply_updates`) and the EMA of
@@ -25,7 +25,7 @@ program, timed as the median of `--steps` calls after a warm-up call, each block
   one float32 batch of the network's image shape, the median of `--steps` copies.
 
 Columns: ms per step; its share of the full step; images/s = batch / (s per step); GFLOP per
-image of the row's program (matrix products and convolutions, `diffusion_jax.flops`), so
+image of the row's program (matrix products and convolutions, `diffusion_jax.model_size`), so
 forward+backward / forward shows the backward's cost (3 when it costs twice the forward); for
 the input rows, their images/s over the full step's and whether the input keeps up with it.
 `--tiny` shrinks every network to about 0.2M parameters for a CPU smoke run.
@@ -51,10 +51,10 @@ import _common  # noqa: E402
 from diffusion_jax import parallel  # noqa: E402
 from diffusion_jax.data.datasets import open_dataset  # noqa: E402
 from diffusion_jax.data.loader import BatchLoader  # noqa: E402
-from diffusion_jax.flops import jaxpr_flops  # noqa: E402
+from diffusion_jax.model_size import jaxpr_flops  # noqa: E402
 from diffusion_jax.training.loop import initial_state  # noqa: E402
 from diffusion_jax.training.optim import make_optimizer  # noqa: E402
-from diffusion_jax.training.step import ema_update, jit_train_step, method_loss  # noqa: E402
+from diffusion_jax.training.step import ema_update, jit_train_step  # noqa: E402
 
 ABLATIONS = {"model.attn_resolutions=()": {"attn_resolutions": ()},
              "model.dropout=0": {"dropout": 0.0}}
@@ -74,7 +74,7 @@ def compile_with_flops(jitted, *args):
 
 def time_components(method, optimizer, state, decay: float, batch, steps: int):
     """[(component, s per step, FLOPs)] of the loss, its gradient and the optimizer + EMA."""
-    loss = method_loss(method)
+    loss = method.loss
     grad = jax.value_and_grad(loss, has_aux=True)
     args = (state.params, batch, jax.random.PRNGKey(1), state.aux, state.step)
 

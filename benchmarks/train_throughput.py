@@ -39,8 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import _common  # noqa: E402
 import _diffusers  # noqa: E402
 from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.flops import count_flops  # noqa: E402
-from diffusion_jax.models.unet import count_params  # noqa: E402
+from diffusion_jax.model_size import count_flops, count_params  # noqa: E402
 from diffusion_jax.training.loop import initial_state  # noqa: E402
 from diffusion_jax.training.optim import make_optimizer  # noqa: E402
 from diffusion_jax.training.step import jit_train_step  # noqa: E402

@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,
         inception_weights="", reference_stats="",
+        # FID/IS input protocol (evaluation/inception.py `preprocess`): tensorflow = the 2015
+        # graph's own resize and scaling (TTUR, EDM, the published statistics); pytorch_fid =
+        # pytorch-fid's half-pixel resize and 2 v / 255 - 1
+        inception_protocol="tensorflow",
         # test-set bits/dim of methods with a likelihood (score_sde, ddpm); 0 examples = off;
         # divergence / rtol / atol: the score SDEs' ODE; timesteps: the DDPM variational bound,
         # 0 = exact over all T terms (T network evaluations per image), K > 0 = an unbiased
@@ -78,10 +82,13 @@ def score_sde_config(sde: str = "vpsde") -> ml_collections.ConfigDict:
     reduce mean, EMA 0.9999, Euler-Maruyama without corrector ending at 1e-3; VE: reduce sum,
     EMA 0.999, reverse diffusion + Langevin (snr 0.16) ending at 1e-5.
 
-    Data here are always in [-1, 1]; the paper's VE runs use [0, 1] data with sigma 0.01..50, and
+    The PC settings are `samplers.pc.paper_defaults`. Data here are always in [-1, 1]; the paper's VE runs use [0, 1] data with sigma 0.01..50, and
     the same process on [-1, 1] data is sigma 0.02..100 (x' = 2x - 1 doubles every distance), so
     the VE defaults are those. Network keys come from the named config.
     """
+    from diffusion_jax.processes import sde as sde_lib
+    from diffusion_jax.samplers import pc
+
     c = base_config()
     c.method = "score_sde"
     c.model.update(name="ncsnpp")
@@ -96,9 +103,7 @@ def score_sde_config(sde: str = "vpsde") -> ml_collections.ConfigDict:
     c.optim.update(name="adam", lr=2e-4, warmup_steps=5000, grad_clip=1.0, beta1=0.9,
                    beta2=0.999, eps=1e-8)
     c.sampling.update(
-        method="pc", num_steps=1000, eps=1e-5 if ve else 1e-3,
-        predictor="reverse_diffusion" if ve else "euler_maruyama",
-        corrector="langevin" if ve else "none", snr=0.16, n_corrector_steps=1, denoise=True,
+        method="pc", num_steps=1000, **pc.paper_defaults(sde_lib.SDES[sde]()), denoise=True,
         ode_solver="tsit5", rtol=1e-5, atol=1e-5, sigma_min=0.0, sigma_max=0.0, rho=7.0,
         S_churn=0.0, S_min=0.0, S_max=1e9, S_noise=1.0, eta=1.0, order=3, spacing="logsnr",
         **guidance_defaults())
@@ -116,7 +121,7 @@ def consistency_config(training_mode: str = "cd") -> ml_collections.ConfigDict:
     evaluated weights, 800k iterations, random flips; one-step sampling. CD: N = 18, Heun
     teacher step, target = online weights under stop-gradient (mu = 0). CT: mu0 0.9, s0 2,
     s1 150. LPIPS on images resized bilinearly to 224 x 224, as the reference code does.
-    `training.teacher_checkpoint` is the teacher's work directory (CD only; no default).
+    `consistency.teacher_workdir` is the teacher's work directory (CD only; no default).
     """
     from diffusion_jax.models import ncsnpp
 
@@ -126,12 +131,13 @@ def consistency_config(training_mode: str = "cd") -> ml_collections.ConfigDict:
     c.model.dropout = 0.0
     c.consistency = ml_collections.ConfigDict(dict(
         training_mode=training_mode, sigma_min=0.002, sigma_max=80.0, rho=7.0, sigma_data=0.5,
-        distance="lpips", lpips_weights="", lpips_resize=224, huber_c=0.0, weighting="uniform", num_scales=18,
-        teacher_solver="heun", target_ema=0.0, init_from_teacher=training_mode == "cd",
+        distance="lpips", lpips_weights="", lpips_resize=224, huber_c=0.0, weighting="uniform",
+        num_scales=18, teacher_workdir="", teacher_solver="heun", target_ema=0.0,
+        init_from_teacher=training_mode == "cd",
         s0=2, s1=150, mu0=0.9, P_mean=-1.1, P_std=2.0))
     c.data.update(dataset="cifar10", random_flip=True)
     c.training.update(num_steps=800_000, batch_size=512, checkpoint_every=10_000, log_every=100,
-                      ema_decay=0.9999, teacher_checkpoint="")
+                      ema_decay=0.9999)
     c.optim.update(name="radam", lr=4e-4, warmup_steps=10_000_000 // 512, grad_clip=0.0,
                    beta1=0.9, beta2=0.999, eps=1e-8)
     c.sampling.update(num_samples=64, batch_size=64, method="onestep", num_steps=1, sigmas=())

@@ -128,26 +128,6 @@ class DiscreteEpsNetwork:
         return eps.reshape(x_t.shape)
 
 
-@dataclasses.dataclass(frozen=True)
-class ExactTeacher:
-    """The exact denoiser of `data` in the method protocol's teacher role (what consistency
-    distillation asks of a teacher: `init_params`, `conditional_denoiser`, `image_shape`,
-    `num_classes`), with no parameters; images of shape `image_shape` hold d values each."""
-
-    data: GaussianMixture
-    image_shape: tuple
-    num_classes: int = 0
-
-    def init_params(self, rng):
-        return {}
-
-    def conditional_denoiser(self, params):
-        def denoiser(x, sigma, cond=None):
-            flat = x.reshape(x.shape[0], -1)
-            return self.data.denoiser(flat, _per_example(sigma, flat), cond).reshape(x.shape)
-        return denoiser
-
-
 def gaussian(mean: jax.Array, cov: jax.Array) -> GaussianMixture:
     """A single Gaussian N(mean, cov) as a one-component mixture."""
     return GaussianMixture(jnp.ones((1,)), mean[None], cov[None])

@@ -5,16 +5,18 @@ Configs are read here and in the launcher only; the modules below take plain arg
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax.numpy as jnp
 
+from diffusion_jax import preconditioning
 from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.losses import consistency as consistency_objectives
-from diffusion_jax.methods import consistency, ddpm, score_sde
+from diffusion_jax.methods import consistency, score_sde
 from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
-from diffusion_jax.methods.edm import EDM, FAST_SAMPLERS, PRECONDITIONINGS
+from diffusion_jax.methods.edm import EDM
 from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.dit import DiT
@@ -23,7 +25,8 @@ from diffusion_jax.models.text_encoder import (ByteTextEncoder, PrecomputedTextE
                                                TextConditioned, load_embedding_table)
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.processes import parameterization, schedules, sde as sdes
-from diffusion_jax.samplers import edm as edm_samplers, ode, pc
+from diffusion_jax.samplers import edm as edm_samplers
+from diffusion_jax.samplers import sampler as sampler_lib
 
 MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL}
 TEXT_ENCODERS = ("bytes", "precomputed")
@@ -71,6 +74,12 @@ def build_text_encoder(config, dtype):
                           "'captions' and 'embeddings')")
     load_embedding_table(t.embeddings, length)  # a one-line error now if the file is bad
     return PrecomputedTextEncoder(file=t.embeddings, width=t.width, max_length=length, dtype=dtype)
+
+
+def check_file(key: str, path: str) -> None:
+    """ConfigError when the file a config key names (if any) does not exist."""
+    if path and not os.path.isfile(path):
+        raise ConfigError(f"{key}: {path!r} does not exist")
 
 
 def build_mesh(config):
@@ -145,13 +154,16 @@ def build_ddpm(config, model, image_shape):
 
 
 def build_edm(config, model, image_shape):
-    """EDM (Karras et al. 2022) around `model`, which gets c_noise of `edm.precond` as noise input."""
+    """EDM (Karras et al. 2022) around `model`, which gets c_noise of `edm.precond` as noise input;
+    training noise levels and loss weight of that column of Table 1 ('edm': ln sigma ~
+    N(P_mean, P_std^2); 'vp', 've', 'iddpm': the paper's own, `preconditioning.COLUMNS`)."""
     e = config.edm
-    choose("preconditioning (edm.precond)", e.precond, PRECONDITIONINGS)
+    choose("preconditioning (edm.precond)", e.precond, preconditioning.COLUMNS)
+    scheme = (preconditioning.EDMPrecond(e.sigma_data, e.P_mean, e.P_std) if e.precond == "edm"
+              else preconditioning.COLUMNS[e.precond]())
     check_guidance(config)
-    return EDM(model=model, image_shape=image_shape,
+    return EDM(model=model, image_shape=image_shape, scheme=scheme,
                num_classes=num_classes(config), label_dropout=e.label_dropout,
-               sigma_data=e.sigma_data, P_mean=e.P_mean, P_std=e.P_std, precond=e.precond,
                caption_length=caption_length(config))
 
 
@@ -171,11 +183,6 @@ def build_score_sde(config, model, image_shape):
     if s.importance_weighting and not s.likelihood_weighting:
         raise ConfigError("sde.importance_weighting samples t for the likelihood weighting; "
                           "set sde.likelihood_weighting=True")
-    sampling = config.sampling
-    choose("predictor (sampling.predictor)", sampling.predictor, pc.PREDICTORS)
-    choose("corrector (sampling.corrector)", sampling.corrector, pc.CORRECTORS)
-    choose("ODE solver (sampling.ode_solver)", sampling.ode_solver,
-           {**ode.ADAPTIVE, **ode.FIXED_STAGES})
     check_guidance(config)
     spec = dataset_spec(config)
     return score_sde.ScoreSDE(
@@ -195,6 +202,7 @@ def build_autoencoder(config, model, image_shape=None):
     if config.get("latent") is not None and config.latent.autoencoder_workdir:
         raise ConfigError("method 'autoencoder' does not run in latent space; "
                           "latent.autoencoder_workdir must be empty")
+    check_file("autoencoder.lpips_weights", a.lpips_weights)
     return Autoencoder(model=model.clone(out_channels=shape[-1]), image_shape=shape,
                        kl_weight=a.kl_weight, perceptual_weight=a.perceptual_weight,
                        reconstruction=a.reconstruction, perceptual=a.perceptual,
@@ -209,7 +217,7 @@ def build_teacher(workdir: str, student_config):
     from diffusion_jax import workdir as workdir_io
 
     teacher = build_method(workdir_io.read_config(workdir))
-    if not hasattr(teacher, "conditional_denoiser"):
+    if not teacher.has_denoiser:
         raise ConfigError(f"the teacher in {workdir!r} ({type(teacher).__name__}) has no "
                           f"denoiser; distil from an edm, score_sde or ddpm run")
     if tuple(teacher.image_shape) != tuple(dataset_spec(student_config).image_shape) or \
@@ -222,7 +230,7 @@ def build_teacher(workdir: str, student_config):
 
 
 def build_consistency(config, model, image_shape):
-    """Consistency model (Song et al. 2023) on `model`: CD from `training.teacher_checkpoint`,
+    """Consistency model (Song et al. 2023) on `model`: CD from `consistency.teacher_workdir`,
     CT or improved CT, as `consistency.training_mode` says."""
     c = config.consistency
     choose("consistency training mode (consistency.training_mode)", c.training_mode,
@@ -233,6 +241,7 @@ def build_consistency(config, model, image_shape):
            consistency_objectives.WEIGHTINGS)
     choose("teacher ODE solver (consistency.teacher_solver)", c.teacher_solver,
            tuple(edm_samplers.ODE_STEPS))
+    check_file("consistency.lpips_weights", c.lpips_weights)
     distill = c.training_mode == "cd"
     if c.init_from_teacher and not distill:
         raise ConfigError("consistency.init_from_teacher needs consistency.training_mode=cd")
@@ -241,9 +250,9 @@ def build_consistency(config, model, image_shape):
         num_classes=num_classes(config), training_mode=c.training_mode,
         sigma_data=c.sigma_data, sigma_min=c.sigma_min, sigma_max=c.sigma_max, rho=c.rho,
         distance=c.distance, huber_c=c.huber_c, weighting=c.weighting, num_scales=c.num_scales,
-        teacher=(build_teacher(config.training.teacher_checkpoint, config)
-                 if distill and config.training.teacher_checkpoint else None),
-        teacher_workdir=config.training.teacher_checkpoint, teacher_solver=c.teacher_solver,
+        teacher=(build_teacher(c.teacher_workdir, config)
+                 if distill and c.teacher_workdir else None),
+        teacher_workdir=c.teacher_workdir, teacher_solver=c.teacher_solver,
         target_ema=c.target_ema, init_from_teacher=c.init_from_teacher,
         total_steps=config.training.num_steps, s0=c.s0, s1=c.s1, mu0=c.mu0, P_mean=c.P_mean,
         P_std=c.P_std, lpips_weights=c.lpips_weights, lpips_resize=c.lpips_resize)
@@ -251,8 +260,6 @@ def build_consistency(config, model, image_shape):
 
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
            "consistency": build_consistency, "autoencoder": build_autoencoder}
-SAMPLERS = {"ddpm": ddpm.SAMPLERS, "edm": FAST_SAMPLERS, "score_sde": score_sde.SAMPLERS,
-            "consistency": consistency.SAMPLERS, "autoencoder": ("prior",)}
 
 
 def build_method(config):
@@ -266,9 +273,18 @@ def build_method(config):
         method = METHODS[config.method](config, build_model(config), spec.image_shape)
     else:
         method = build_latent(config, latent)
-    choose(f"sampler (sampling.method) for method {config.method!r}", config.sampling.method,
-           SAMPLERS[config.method])
+    build_sampler(config, method)  # a one-line error now for a sampler the method cannot run
     return method
+
+
+def build_sampler(config, method) -> sampler_lib.Sampler:
+    """The `Sampler` of `config.sampling`, from the method's defaults; ConfigError for an unknown
+    key or a sampler the method does not run."""
+    sampler = sampler_lib.from_config(config.sampling, method.default_sampler)
+    if sampler.method not in method.sampler_names:
+        raise ConfigError(f"unknown sampler (sampling.method) {sampler.method!r} for method "
+                          f"{config.method!r}; valid: {', '.join(method.sampler_names)}")
+    return sampler
 
 
 def build_latent(config, latent) -> LatentDiffusion:
@@ -291,9 +307,8 @@ def build_latent(config, latent) -> LatentDiffusion:
     if latent.cache_dir and config.data.random_flip:
         raise ConfigError("latent.cache_dir stores unflipped latents; set data.random_flip=False")
     autoencoder = build_autoencoder(ae_config, build_model(ae_config))
-    inner = METHODS[config.method](config, build_model(config), autoencoder.latent_shape)
+    inner = METHODS[config.method](config, build_model(config), autoencoder.noise_shape)
     return LatentDiffusion(inner=inner, autoencoder=autoencoder,
                            autoencoder_workdir=latent.autoencoder_workdir,
-                           dataset=config.data.dataset,
-                           data_dir=config.data.data_dir, scale_examples=latent.scale_examples,
+                           dataset=config.data.dataset, scale_examples=latent.scale_examples,
                            cache_dir=latent.cache_dir)

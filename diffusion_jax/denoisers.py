@@ -37,6 +37,11 @@ def expand(a: jax.Array, x: jax.Array) -> jax.Array:
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 
+def grid_with_zero(sigmas: jax.Array) -> jax.Array:
+    """A decreasing noise-level grid with sigma = 0 appended: its last step is x = D(x, sigma)."""
+    return jnp.concatenate([sigmas, jnp.zeros((1,), sigmas.dtype)])
+
+
 def vp_alpha(sigma: jax.Array) -> jax.Array:
     """alpha = 1 / sqrt(1 + sigma^2): the signal scale of a VP process at EDM noise level sigma."""
     return jax.lax.rsqrt(1.0 + jnp.square(sigma))
@@ -111,12 +116,6 @@ def discrete_time_maps(schedule: DiscreteSchedule) -> tuple[Callable, Callable]:
     return sigma_of_t, t_of_sigma
 
 
-def round_sigma(sigma: jax.Array, schedule: DiscreteSchedule) -> jax.Array:
-    """The schedule's sigma_i nearest (in log sigma) to `sigma`: put sampler grids on the model's grid."""
-    index = discrete_t_of_sigma(schedule, "nearest")(sigma).astype(jnp.int32)
-    return discrete_sigmas(schedule)[index]
-
-
 def from_discrete(fn: Callable, kind: str, schedule: DiscreteSchedule,
                   mode: str = "nearest") -> Denoiser:
     """D from a DDPM network fn(x_t, t_index[, cond]) (t_index a (B,) float array in 0..T-1).
@@ -127,19 +126,13 @@ def from_discrete(fn: Callable, kind: str, schedule: DiscreteSchedule,
     return from_prediction(fn, kind, discrete_t_of_sigma(schedule, mode))
 
 
-def from_ve_score(score_fn: Callable, t_of_sigma: Callable = lambda sigma: sigma) -> Denoiser:
-    """Tweedie for x = x0 + sigma n: D(x, sigma) = x + sigma^2 score(x, t) (Karras et al. 2022, Eq. 3)."""
-    def denoiser(x, sigma, cond=None):
-        sigma = per_example(sigma, x)
-        return x + expand(sigma**2, x) * call(score_fn, x, t_of_sigma(sigma), cond)
-    return denoiser
-
-
-def from_vp_score(score_fn: Callable, t_of_sigma: Callable,
+def from_score(score_fn: Callable, t_of_sigma: Callable,
                   alpha_of_t: Optional[Callable] = None) -> Denoiser:
     """Tweedie for x_t = alpha x0 + sigma_t n: E[x0 | x_t] = (x_t + sigma_t^2 score(x_t, t)) / alpha.
 
-    With x_t = alpha x and sigma_t = alpha sigma: D(x, sigma) = x + alpha sigma^2 score(alpha x, t).
+    With x_t = alpha x and sigma_t = alpha sigma: D(x, sigma) = x + alpha sigma^2 score(alpha x, t)
+    (VE: alpha = 1, D = x + sigma^2 score; Karras et al. 2022, Eq. 3). `alpha_of_t` defaults to
+    the VP scale 1 / sqrt(1 + sigma^2).
     """
     def denoiser(x, sigma, cond=None):
         sigma = per_example(sigma, x)
@@ -148,33 +141,3 @@ def from_vp_score(score_fn: Callable, t_of_sigma: Callable,
         score = call(score_fn, expand(alpha, x) * x, t, cond)
         return x + expand(alpha * sigma**2, x) * score
     return denoiser
-
-
-def to_score(denoiser: Denoiser) -> Callable:
-    """score(x, sigma[, cond]) = (D(x, sigma) - x) / sigma^2 (Karras et al. 2022, Eq. 3)."""
-    def score_fn(x, sigma, cond=None):
-        sigma = per_example(sigma, x)
-        return (call(denoiser, x, sigma, cond) - x) / expand(sigma**2, x)
-    return score_fn
-
-
-def to_epsilon(denoiser: Denoiser) -> Callable:
-    """eps(x, sigma[, cond]) = (x - D(x, sigma)) / sigma, the noise n of x = x0 + sigma n."""
-    def eps_fn(x, sigma, cond=None):
-        sigma = per_example(sigma, x)
-        return (x - call(denoiser, x, sigma, cond)) / expand(sigma, x)
-    return eps_fn
-
-
-def to_discrete_eps_fn(denoiser: Denoiser, schedule: DiscreteSchedule, cond=None) -> Callable:
-    """eps_fn(x_t, t_index) for the DDPM/DDIM samplers, from any denoiser.
-
-    sigma(t) is `discrete_sigma_of_t`; x = x_t sqrt(1 + sigma^2) = x_t / sqrt(alpha_bar_t), and
-    eps = (x - D(x, sigma)) / sigma is the noise of x_t too.
-    """
-    sigma_of_t, eps = discrete_sigma_of_t(schedule), to_epsilon(denoiser)
-
-    def eps_fn(x_t, t):
-        sigma = sigma_of_t(per_example(t, x_t))
-        return eps(x_t / expand(vp_alpha(sigma), x_t), sigma, cond)
-    return eps_fn

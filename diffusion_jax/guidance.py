@@ -14,6 +14,7 @@ method's samplers call.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -65,33 +66,43 @@ def classifier_free_guidance(denoiser: Denoiser, scale: float, null_cond, *,
     return guided_denoiser
 
 
-OPTIONS = ("guidance_scale", "guidance_sigma_lo", "guidance_sigma_hi", "negative_label",
-           "negative_prompt")  # the sampling options of `guide`
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance with scale w (1: none), only for EDM sigma in [sigma_lo, sigma_hi],
+    away from the null label or caption, or from `negative_label` (>= 0) / `negative_prompt`
+    (non-empty): the sampling options `guidance_scale`, `guidance_sigma_lo` / `_hi`,
+    `negative_label`, `negative_prompt` (`samplers.sampler.Sampler.guidance`)."""
+
+    scale: float = 1.0
+    sigma_lo: float = 0.0
+    sigma_hi: float = math.inf
+    negative_label: int = -1
+    negative_prompt: str = ""
 
 
-def guide(fn: Callable, cond, num_classes: int, caption_length: int = 0, *,
-          guidance_scale: float = 1.0, guidance_sigma_lo: float = 0.0,
-          guidance_sigma_hi: float = math.inf, negative_label: int = -1,
-          negative_prompt: str = "", sigma_of: Callable = lambda level: level) -> Callable:
-    """fn(x, level, cond) guided with the sampling options that EDM, DDPM and score-SDE share.
+def guide(fn: Callable, cond, num_classes: int, caption_length: int, guidance: Guidance,
+          sigma_of: Callable = lambda level: level) -> Callable:
+    """fn(x, level, cond) guided as `guidance` says: the one combination that EDM (its denoiser),
+    DDPM (its network prediction) and score SDEs (their score) apply.
 
-    guidance_scale w == 1 returns `fn` itself (the unguided program, no 2B batch). Otherwise
-    `classifier_free_guidance` from the null label `num_classes`, or `negative_label` when >= 0;
-    a caption-conditional model (caption_length > 0) from the empty caption, or from
-    `negative_prompt` when it is not empty; only where the EDM sigma `sigma_of(level)` (default:
-    the level itself) lies in [guidance_sigma_lo, guidance_sigma_hi]. `cond` is the condition the
-    samplers will pass: guidance needs one, and a conditional model.
+    Scale w == 1 returns `fn` itself (the unguided program, no 2B batch). Otherwise
+    `classifier_free_guidance` from the null label `num_classes`, or the negative label when >= 0;
+    a caption-conditional model (caption_length > 0) from the empty caption, or from the negative
+    prompt when it is not empty; only where the EDM sigma `sigma_of(level)` (default: the level
+    itself) lies in [sigma_lo, sigma_hi]. `cond` is the condition the samplers will pass:
+    guidance needs one, and a conditional model.
     """
-    if guidance_scale == 1.0:
+    if guidance.scale == 1.0:
         return fn
     if not (num_classes or caption_length) or cond is None:
         raise ValueError("guidance_scale != 1 needs a conditional model and conditions")
-    negative = None if negative_label < 0 else negative_label
+    negative = None if guidance.negative_label < 0 else guidance.negative_label
     if caption_length:
-        negative = text.tokenize(negative_prompt, caption_length) if negative_prompt else None
+        negative = (text.tokenize(guidance.negative_prompt, caption_length)
+                    if guidance.negative_prompt else None)
     return classifier_free_guidance(
-        fn, guidance_scale, null_condition(num_classes, caption_length), negative_cond=negative,
-        sigma_lo=guidance_sigma_lo, sigma_hi=guidance_sigma_hi, sigma_of=sigma_of)
+        fn, guidance.scale, null_condition(num_classes, caption_length), negative_cond=negative,
+        sigma_lo=guidance.sigma_lo, sigma_hi=guidance.sigma_hi, sigma_of=sigma_of)
 
 
 def drop_labels(rng: jax.Array, labels: jax.Array, p: float, null_label) -> jax.Array:

@@ -8,14 +8,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import builders, edit_inputs, parallel, sampling, text, workdir as workdir_io
+from diffusion_jax import builders, edit_inputs, parallel, runs, sampling, text
+from diffusion_jax import workdir as workdir_io
 from diffusion_jax.data.datasets import open_dataset
 from diffusion_jax.errors import ConfigError, choose
-from diffusion_jax.flops import count_flops
-from diffusion_jax.methods.edm import keyword_defaults
-from diffusion_jax.models.unet import count_params
+from diffusion_jax.model_size import count_flops, count_params
+from diffusion_jax.training import loop
+from diffusion_jax.training.optim import make_optimizer
 
 MODES = ("train", "sample", "eval", "info")
+
+
+def training_settings(config) -> loop.Settings:
+    """The loop's settings from `config.training` and `data.random_flip`."""
+    t = config.training
+    return loop.Settings(num_steps=t.num_steps, batch_size=t.batch_size,
+                         checkpoint_every=t.checkpoint_every, log_every=t.log_every, seed=t.seed,
+                         ema_decay=t.ema_decay, max_checkpoints=t.max_checkpoints,
+                         grad_accum_steps=t.grad_accum_steps, steps_per_call=t.steps_per_call,
+                         random_flip=config.data.random_flip)
 
 
 def run(config, workdir: str, mode: str, train_workdir: str | None = None, prompt: str = "",
@@ -39,49 +50,57 @@ def run(config, workdir: str, mode: str, train_workdir: str | None = None, promp
     parallel.initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
     if mode == "info":
         return info(config)
+    method = builders.build_method(config)
+    sampler = builders.build_sampler(config, method)
+    if negative_prompt:
+        sampler = sampler.replace(negative_prompt=negative_prompt)
+    mesh = builders.build_mesh(config)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         workdir_io.write_config(workdir, config)
         with open(os.path.join(workdir, "run.json"), "w") as f:
             json.dump(workdir_io.run_metadata(config.training.seed), f, indent=2)
-    mesh = builders.build_mesh(config)
     if mode == "train":
-        from diffusion_jax.training.loop import train
-
-        state, interrupted = train(config, workdir, mesh)
+        state, interrupted = train(config, workdir, mesh, method)
         if interrupted:
             print(f"stopped by SIGTERM at step {int(state.step)}; checkpoint saved", flush=True)
             return 143
         if config.training.sample_at_end:
-            method = builders.build_method(config)
-            return _sample(config, workdir, mesh, method, state)
+            return _sample(config, workdir, mesh, method, sampler, state)
         return 0
-    from diffusion_jax.training.loop import restore_state
-
-    method, state = restore_state(config, train_workdir or workdir, mesh)
+    method, state = runs.restore(config, train_workdir or workdir, mesh)
     if mode == "sample":
         if config.edit.task != "none":
-            return _edit(config, workdir, mesh, method, state)
-        return _sample(config, workdir, mesh, method, state, prompt, negative_prompt)
-    from diffusion_jax.evaluation.runner import evaluate
+            return _edit(config, workdir, mesh, method, sampler, state)
+        return _sample(config, workdir, mesh, method, sampler, state, prompt)
+    from diffusion_jax.evaluation.eval_mode import evaluate
 
-    return evaluate(config, workdir, mesh, method, state)
+    return evaluate(config, workdir, mesh, method, state, sampler,
+                    caption_conditions(config, config.eval.num_samples))
 
 
-def _sample(config, workdir, mesh, method, state, prompt: str = "",
-            negative_prompt: str = "") -> int:
+def train(config, workdir: str, mesh=None, method=None):
+    """`training.loop.train` of the configured method (built here unless given), optimizer, data
+    and requirements, on `mesh` (default: `builders.build_mesh(config)`); returns (final state,
+    whether SIGTERM stopped it)."""
+    mesh = builders.build_mesh(config) if mesh is None else mesh
+    method = builders.build_method(config) if method is None else method
+    settings = training_settings(config)
+    settings.check(mesh.devices.size)
+    optimizer = make_optimizer(config.optim)
+    placeholders = lambda: loop.abstract_state(method, optimizer, mesh).aux  # noqa: E731
+    return loop.train(method, optimizer, mesh, settings, workdir,
+                      runs.training_data(method, config),
+                      lambda: runs.resolve(method.requirements(), config, placeholders()))
+
+
+def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "") -> int:
     s = config.sampling
     params = state.ema_params if s.use_ema else state.params
-    options = sampling.sampler_options(method, s)
-    if negative_prompt:
-        if "negative_prompt" not in keyword_defaults(method.sample):
-            raise ConfigError(f"--negative_prompt needs a method with guidance (edm, ddpm, "
-                              f"score_sde); {config.method!r} has none")
-        options["negative_prompt"] = negative_prompt
-    batch = _fit_batch(s.batch_size, mesh)
     conditions = caption_conditions(config, s.num_samples, prompt)
-    images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples, batch,
-                               mesh, options, aux=state.aux, conditions=conditions)
+    images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples,
+                               _fit_batch(s.batch_size, mesh), mesh, sampler, aux=state.aux,
+                               conditions=conditions)
     if jax.process_index() == 0:
         labels = (sampling.class_labels(len(images), method.num_classes) if conditions is None
                   else conditions)
@@ -107,11 +126,10 @@ def caption_conditions(config, num: int, prompt: str = ""):
     return np.stack([decode(source[i % len(source)])[1] for i in range(num)])
 
 
-def _edit(config, workdir, mesh, method, state) -> int:
-    """Edit the images of `edit.input` (inpaint with `edit.mask`, or SDEdit at `edit.strength`)."""
+def _edit(config, workdir, mesh, method, sampler, state) -> int:
+    """Edit the images of `edit.input` (inpaint with `edit.mask`, colorize, or SDEdit at
+    `edit.strength`)."""
     e, s = config.edit, config.sampling
-    if not hasattr(method, "edit"):
-        raise ConfigError(f"method {config.method!r} cannot edit images; edit.task must be 'none'")
     if not 0.0 <= e.strength <= 1.0:
         raise ConfigError(f"edit.strength must be in [0, 1], got {e.strength}")
     x = edit_inputs.load_images(e.input, method.image_shape)
@@ -119,8 +137,7 @@ def _edit(config, workdir, mesh, method, state) -> int:
              else np.zeros(x.shape, bool))
     results = sampling.edit(method, state.ema_params if s.use_ema else state.params,
                             jax.random.PRNGKey(s.seed), x, masks, _fit_batch(s.batch_size, mesh),
-                            mesh, sampling.sampler_options(method, s), task=e.task,
-                            strength=e.strength, aux=state.aux)
+                            mesh, sampler, task=e.task, strength=e.strength, aux=state.aux)
     if jax.process_index() == 0:
         png = edit_inputs.save_edits(os.path.join(workdir, "samples"),
                                      f"edit_{e.task}_step_{int(state.step)}", x, results,
@@ -146,11 +163,10 @@ def info(config) -> int:
 
 def forward_flops(method, params) -> int:
     """FLOPs of one network evaluation on one example (matrix products and convolutions,
-    multiply-add = 2; diffusion_jax.flops)."""
-    shape = getattr(method, "network_shape", method.image_shape)  # latent diffusion: latents
-    x = jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32)
+    multiply-add = 2; `diffusion_jax.model_size`)."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(method.network_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
     cond = jax.ShapeDtypeStruct((1,), jnp.int32) if method.num_classes else None
-    if getattr(method, "caption_length", 0):
+    if method.caption_length:
         cond = jax.ShapeDtypeStruct((1, method.caption_length), jnp.int32)
     return count_flops(lambda p, x, t, c: method.apply(p, x, t, c), params, x, t, cond)

@@ -70,7 +70,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, *,
     return sde.prior_logp(z) + delta_logp, z, nfe
 
 
-def bits_per_dim(logp: jax.Array, num_dims: int, num_levels: int = 256,
+def log_likelihood_to_bits_per_dim(logp: jax.Array, num_dims: int, num_levels: int = 256,
                  data_range: float = 2.0) -> jax.Array:
     """bpd = -(log p(x) + D log(data_range / L)) / (D ln 2) = -log p(x) / (D ln 2) + log2(L / data_range).
 
@@ -91,8 +91,8 @@ def dequantize(rng: jax.Array, x: jax.Array, num_levels: int = 256) -> jax.Array
 def dequantized_bpd(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, *,
                     num_levels: int = 256, **likelihood) -> tuple[jax.Array, jax.Array]:
     """Bits per dimension (B,) of quantised data x in [-1, 1] and the NFE: dequantise, take the
-    ODE log-likelihood (`likelihood` goes to `log_likelihood`) and convert with `bits_per_dim`."""
+    ODE log-likelihood (`likelihood` goes to `log_likelihood`) and convert with `log_likelihood_to_bits_per_dim`."""
     deq_rng, probe_rng = jax.random.split(rng)
     logp, _, nfe = log_likelihood(score_fn, sde, dequantize(deq_rng, x, num_levels), probe_rng,
                                   **likelihood)
-    return bits_per_dim(logp, math.prod(x.shape[1:]), num_levels), nfe
+    return log_likelihood_to_bits_per_dim(logp, math.prod(x.shape[1:]), num_levels), nfe

@@ -1,8 +1,9 @@
 """Network preconditioning D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (Karras et al. 2022, Eq. 7).
 
 One frozen dataclass per column of Table 1 (VP, VE, iDDPM, EDM); calling it on sigma gives the
-four coefficients, and `precondition(F, scheme)` wraps a raw network F(x_in, c_noise[, cond]) into
-a denoiser. Training-time noise levels and loss weights of the EDM column live here too.
+four coefficients, `sample_sigma(rng, n)` the column's training noise levels and
+`loss_weight(sigma)` its lambda(sigma), and `precondition(F, scheme)` wraps a raw network
+F(x_in, c_noise[, cond]) into a denoiser.
 """
 from __future__ import annotations
 
@@ -31,12 +32,22 @@ class EDMPrecond:
     c_in = 1 / sqrt(sigma^2 + sd^2), c_noise = ln(sigma) / 4."""
 
     sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
 
     def __call__(self, sigma):
         sd2 = self.sigma_data**2
         total = jnp.square(sigma) + sd2
         return Coefficients(sd2 / total, sigma * self.sigma_data * jax.lax.rsqrt(total),
                             jax.lax.rsqrt(total), jnp.log(sigma) / 4.0)
+
+    def sample_sigma(self, rng: jax.Array, n: int) -> jax.Array:
+        """ln sigma ~ N(P_mean, P_std^2)."""
+        return lognormal_sigma(rng, n, self.P_mean, self.P_std)
+
+    def loss_weight(self, sigma: jax.Array) -> jax.Array:
+        """lambda = (sigma^2 + sd^2) / (sigma sd)^2."""
+        return edm_loss_weight(sigma, self.sigma_data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,20 +58,43 @@ class VPPrecond:
     beta_d: float = 19.9
     beta_min: float = 0.1
     M: int = 1000
+    epsilon_t: float = 1e-5
 
     def __call__(self, sigma):
         t = denoisers.vp_t_of_sigma(sigma, self.beta_d, self.beta_min)
         return Coefficients(jnp.ones_like(sigma), -sigma, denoisers.vp_alpha(sigma),
                             (self.M - 1) * t)
 
+    def sample_sigma(self, rng: jax.Array, n: int) -> jax.Array:
+        """sigma = sigma(t), t ~ U(epsilon_t, 1)."""
+        t = jax.random.uniform(rng, (n,), minval=self.epsilon_t, maxval=1.0)
+        return denoisers.vp_sigma(t, self.beta_d, self.beta_min)
+
+    def loss_weight(self, sigma: jax.Array) -> jax.Array:
+        """lambda = 1 / sigma^2."""
+        return 1.0 / jnp.square(sigma)
+
 
 @dataclasses.dataclass(frozen=True)
 class VEPrecond:
     """Table 1, VE: c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2)."""
 
+    sigma_min: float = 0.02
+    sigma_max: float = 100.0
+
     def __call__(self, sigma):
         return Coefficients(jnp.ones_like(sigma), sigma, jnp.ones_like(sigma),
                             jnp.log(0.5 * sigma))
+
+    def sample_sigma(self, rng: jax.Array, n: int) -> jax.Array:
+        """ln sigma ~ U(ln sigma_min, ln sigma_max)."""
+        log_sigma = jax.random.uniform(rng, (n,), minval=math.log(self.sigma_min),
+                                       maxval=math.log(self.sigma_max))
+        return jnp.exp(log_sigma)
+
+    def loss_weight(self, sigma: jax.Array) -> jax.Array:
+        """lambda = 1 / sigma^2."""
+        return 1.0 / jnp.square(sigma)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +129,14 @@ class IDDPMPrecond:
         c_noise = (self.M - 1 - self.index(sigma)).astype(jnp.result_type(sigma, float))
         return Coefficients(jnp.ones_like(sigma), -sigma, denoisers.vp_alpha(sigma), c_noise)
 
+    def sample_sigma(self, rng: jax.Array, n: int) -> jax.Array:
+        """sigma = u_j, j ~ U{0, ..., M - 1}."""
+        return jnp.asarray(self.u, jnp.float32)[jax.random.randint(rng, (n,), 0, self.M)]
+
+    def loss_weight(self, sigma: jax.Array) -> jax.Array:
+        """lambda = 1 / sigma^2."""
+        return 1.0 / jnp.square(sigma)
+
 
 @dataclasses.dataclass(frozen=True)
 class ConsistencyPrecond:
@@ -113,6 +155,9 @@ class ConsistencyPrecond:
         return Coefficients(sd2 / (jnp.square(shifted) + sd2),
                             shifted * self.sigma_data * jax.lax.rsqrt(jnp.square(sigma) + sd2),
                             jax.lax.rsqrt(jnp.square(sigma) + sd2), jnp.log(sigma) / 4.0)
+
+
+COLUMNS = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond, "iddpm": IDDPMPrecond}
 
 
 def precondition(F: Callable, scheme: Callable) -> denoisers.Denoiser:

@@ -1,7 +1,6 @@
 """Generating images with any method's sampler, batched and sharded over every device."""
 from __future__ import annotations
 
-import inspect
 import os
 
 import jax
@@ -11,47 +10,22 @@ import numpy as np
 from diffusion_jax import images as image_io
 from diffusion_jax import parallel
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.training.step import aux_kwargs
-
-GENERIC_SAMPLING_KEYS = ("num_samples", "batch_size", "use_ema", "seed")
+from diffusion_jax.samplers.sampler import Sampler
 
 
-def sampler_options(method, sampling_config) -> dict:
-    """`config.sampling` minus the generic keys, checked against the method's `sample`."""
-    params = inspect.signature(method.sample).parameters
-    valid = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n != "aux"]
-    options = {}
-    for key, value in sampling_config.items():
-        if key in GENERIC_SAMPLING_KEYS:
-            continue
-        if key not in valid:
-            raise ConfigError(f"unknown key sampling.{key} for method "
-                              f"{type(method).__name__}; valid: "
-                              f"{', '.join(sorted(valid + list(GENERIC_SAMPLING_KEYS)))}")
-        options[key] = value
-    return options
-
-
-def noise_shape(method) -> tuple:
-    """The shape of one example of a method's initial noise: `method.latent_shape` for methods
-    that sample in another space than their images (latent diffusion), else `image_shape`."""
-    return tuple(getattr(method, "latent_shape", None) or method.image_shape)
-
-
-def make_sample_fn(method, mesh, options: dict, batch_size: int):
+def make_sample_fn(method, mesh, sampler: Sampler, batch_size: int):
     """jit(params, aux, rng, label_offset, conditions=None) -> (a batch of images split over
-    the mesh's data axis, {statistic: scalar}).
+    the mesh's data axis, {statistic: scalar}) by `method.sample` with `sampler`.
 
-    A method's `sample` returns images, or (images, statistics) such as {"nfe": network
-    evaluations} when it counts them (an adaptive ODE solver's count depends on the batch).
-    The initial noise (of `noise_shape(method)`) and the class labels ((offset + i) mod
-    num_classes) are made inside the program, laid out over the devices, so no host array is
-    fed to it (multi-host safe). `conditions`, when given, is the batch's condition (e.g.
-    caption tokens (B, L)), the same host array on every process. `aux` is the train state's
-    aux, passed on to a method that keeps aux state.
+    The statistics are the sampler's, e.g. {"nfe": network evaluations} (an adaptive ODE
+    solver's count depends on the batch). The initial noise (of `method.noise_shape`) and the
+    class labels ((offset + i) mod num_classes) are made inside the program, laid out over the
+    devices, so no host array is fed to it (multi-host safe). `conditions`, when given, is the
+    batch's condition (e.g. caption tokens (B, L)), the same host array on every process. `aux`
+    is the train state's aux.
     """
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    shape = (batch_size,) + noise_shape(method)
+    shape = (batch_size,) + tuple(method.noise_shape)
 
     def sample(params, aux, rng, label_offset, conditions=None):
         noise_rng, sample_rng = jax.random.split(rng)
@@ -62,8 +36,7 @@ def make_sample_fn(method, mesh, options: dict, batch_size: int):
         elif method.num_classes:
             cond = (jnp.arange(batch_size) + label_offset) % method.num_classes
             cond = jax.lax.with_sharding_constraint(cond.astype(jnp.int32), shard)
-        out = method.sample(params, sample_rng, x_init, cond, **aux_kwargs(method, aux), **options)
-        return out if isinstance(out, tuple) else (out, {})
+        return method.sample(params, sample_rng, x_init, cond, aux=aux, sampler=sampler)
 
     # params keep their layout (replicated, or FSDP-sharded: XLA gathers them where used)
     return jax.jit(sample, in_shardings=(None, None, rep, rep, rep), out_shardings=(shard, rep))
@@ -76,7 +49,7 @@ def class_labels(num: int, num_classes: int, offset: int = 0):
     return ((np.arange(num) + offset) % num_classes).astype(np.int32)
 
 
-def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict,
+def generate(method, params, rng, num: int, batch_size: int, mesh, sampler: Sampler,
              start_batch: int = 0, on_batch=None, aux=None, conditions=None) -> np.ndarray:
     """`num` images in batches of `batch_size` (a multiple of the device count).
 
@@ -90,7 +63,7 @@ def generate(method, params, rng, num: int, batch_size: int, mesh, options: dict
     if batch_size % ndev:
         raise ConfigError(f"sampling batch size {batch_size} is not divisible by the "
                           f"{ndev} devices")
-    fn = make_sample_fn(method, mesh, options, batch_size)
+    fn = make_sample_fn(method, mesh, sampler, batch_size)
     out = []
     for b in range(start_batch, -(-num // batch_size)):
         batch_conditions = None
@@ -127,7 +100,7 @@ def save_samples(directory: str, name: str, images: np.ndarray, labels=None,
 
 
 def edit(method, params, rng, x: np.ndarray, mask: np.ndarray, batch_size: int, mesh,
-         options: dict, *, task: str, strength: float, aux=None) -> np.ndarray:
+         sampler: Sampler, *, task: str, strength: float, aux=None) -> np.ndarray:
     """`method.edit` of host images `x` with `mask` (True = known) in batches of `batch_size`
     (a multiple of the device count; the last batch padded by repeating its last image).
 
@@ -140,8 +113,8 @@ def edit(method, params, rng, x: np.ndarray, mask: np.ndarray, batch_size: int, 
         x, mask = (jax.lax.with_sharding_constraint(a, shard) for a in (x, mask))
         cond = (jnp.full((x.shape[0],), method.num_classes, jnp.int32) if method.num_classes
                 else None)
-        return method.edit(params, rng, x, mask, cond, task=task, strength=strength,
-                           **aux_kwargs(method, aux), **options)
+        return method.edit(params, rng, x, mask, cond, aux=aux, sampler=sampler, task=task,
+                           strength=strength)
 
     fn = jax.jit(run, in_shardings=(None, None, rep, rep, rep), out_shardings=shard)
     out = []

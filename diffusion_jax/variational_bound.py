@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
 from diffusion_jax.processes import parameterization
-from diffusion_jax.processes.schedules import DiscreteSchedule
+from diffusion_jax.processes.schedules import (DiscreteSchedule, marginal_coefficients,
+                                              posterior_mean_coefficients, q_sample)
 from diffusion_jax.samplers.ddpm import ANCESTRAL_VARIANCES, EpsFn
 
 
@@ -67,8 +68,8 @@ def _x0_hat(eps_fn: EpsFn, schedule: DiscreteSchedule, x0, i, noise, clip_x0: bo
     """x0_hat(x_t, t) at x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise, indices i (B,);
     one evaluation of eps_fn(x_t, t). `clip_x0` clips it to [-1, 1], as the ancestral sampler's
     option does."""
-    alpha, sigma = jnp.sqrt(schedule.alpha_bars[i]), jnp.sqrt(1.0 - schedule.alpha_bars[i])
-    x_t = _per_example(alpha, x0) * x0 + _per_example(sigma, x0) * noise
+    alpha, sigma = marginal_coefficients(schedule, i)
+    x_t = q_sample(schedule, x0, i, noise)
     x0_hat = parameterization.to_x0("epsilon", eps_fn(x_t, i.astype(jnp.float32)), x_t,
                                     alpha, sigma)
     return jnp.clip(x0_hat, -1.0, 1.0) if clip_x0 else x0_hat
@@ -86,7 +87,7 @@ def kl_term(eps_fn: EpsFn, schedule: DiscreteSchedule, x0, i, noise, *, variance
     s = schedule
     x0_hat = _x0_hat(eps_fn, s, x0, i, noise, clip_x0)
     sigma2 = s.betas if variance == "beta" else s.posterior_variance
-    c0 = _per_example(jnp.sqrt(s.alpha_bars_prev[i]) * s.betas[i] / (1.0 - s.alpha_bars[i]), x0)
+    c0 = _per_example(posterior_mean_coefficients(s, i)[0], x0)
     return _sum(normal_kl(c0 * x0, _per_example(jnp.log(s.posterior_variance[i]), x0),
                           c0 * x0_hat, _per_example(jnp.log(sigma2[i]), x0)))
 
@@ -115,7 +116,7 @@ def vlb_terms(eps_fn: EpsFn, schedule: DiscreteSchedule, x0: jax.Array, rng: jax
     return jnp.concatenate([L_0[:, None], kl.T], axis=1)
 
 
-def bits_per_dim(eps_fn: EpsFn, schedule: DiscreteSchedule, x0: jax.Array, rng: jax.Array, *,
+def vlb_bits_per_dim(eps_fn: EpsFn, schedule: DiscreteSchedule, x0: jax.Array, rng: jax.Array, *,
                  timesteps: int = 0, variance: str = "beta", clip_x0: bool = False,
                  num_levels: int = 256) -> tuple[jax.Array, int]:
     """(L / (D ln 2) per example (B,), network evaluations) for quantised images x0 in [-1, 1].

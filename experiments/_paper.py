@@ -17,7 +17,7 @@ import dataclasses
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.sweep import Experiment, member_name
 
-# the CIFAR-10 metric names of --mode=eval and their digits counterparts (evaluation/runner.py)
+# the CIFAR-10 metric names of --mode=eval and their digits counterparts (evaluation/metrics.py)
 DIGITS_METRICS = {"fid": "digits_frechet_distance", "inception_score": "digits_classifier_score",
                   "kid": "digits_kid"}
 

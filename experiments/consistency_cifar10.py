@@ -4,7 +4,7 @@ Dhariwal 2023: 2.83 / 2.46, as listed in ../shared/REFERENCE.md). Three training
 evaluations; two-step sampling goes through the rho grid's middle level (about 2.5):
 
     python3 launch.py --experiment=experiments/consistency_cifar10.py --workdir=runs/cm_cifar10 \
-        --config.training.teacher_checkpoint=EDM_RUN --config.consistency.lpips_weights=lpips.npz \
+        --config.consistency.teacher_workdir=EDM_RUN --config.consistency.lpips_weights=lpips.npz \
         --config.data.data_dir=DIR --config.eval.inception_weights=inception_fid.npz
 
 EDM_RUN is a finished EDM CIFAR-10 run whose network is the consistency nets' NCSN++

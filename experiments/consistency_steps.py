@@ -42,7 +42,7 @@ def _configs(workdir: str, quick: bool) -> dict:
                "CD": (digits_cd.get_config(), os.path.join(workdir, "cd")),
                "CT": (digits_ct.get_config("ct"), os.path.join(workdir, "ct")),
                "iCT": (digits_ct.get_config("ict"), os.path.join(workdir, "ict"))}
-    configs["CD"][0].training.teacher_checkpoint = teacher_dir
+    configs["CD"][0].consistency.teacher_workdir = teacher_dir
     if quick:
         del configs["CT"]
     for config, _ in configs.values():
@@ -54,10 +54,10 @@ def _configs(workdir: str, quick: bool) -> dict:
     return configs
 
 
-def _timed_generate(method, params, aux, num: int, batch: int, mesh, options: dict):
+def _timed_generate(method, params, aux, num: int, batch: int, mesh, sampler):
     """(images, seconds per sample) of `sampling.generate`, timed after a warm-up call."""
     generate = lambda: sampling.generate(method, params, jax.random.PRNGKey(1), num, batch, mesh,
-                                         options, aux=aux)
+                                         sampler, aux=aux)
     generate()
     start = time.perf_counter()
     images = generate()
@@ -69,8 +69,7 @@ def run(workdir: str, arg=None) -> int:
         raise ValueError(f"unknown argument {arg!r} for experiments/consistency_steps.py; "
                          f"valid: quick")
     from diffusion_jax.evaluation.digits_features import digits_feature_fn
-    from diffusion_jax.evaluation.runner import _reference_images
-    from diffusion_jax.training.loop import restore_state
+    from diffusion_jax import runs
 
     quick = arg == "quick"
     os.makedirs(workdir, exist_ok=True)
@@ -83,12 +82,13 @@ def run(workdir: str, arg=None) -> int:
     for name, (config, directory) in _configs(workdir, quick).items():
         if launcher.run(config, directory, "train") != 0:
             raise RuntimeError(f"training {name} in {directory} failed")
-        method, state = restore_state(config, directory, mesh)
+        method, state = runs.restore(config, directory, mesh)
         if reference is None:
-            reference = feature_statistics(features(_reference_images(config, 1797))[0])
-        settings = ([("heun", dict(method="heun", num_steps=18), 35)] if name == "EDM teacher"
-                    else [("onestep" if k == 1 else "multistep",
-                           dict(method="multistep", num_steps=k), k)
+            reference = feature_statistics(features(runs.training_images(config, 1797))[0])
+        settings = ([("heun", method.sampler(method="heun", num_steps=18), 35)]
+                    if name == "EDM teacher" else
+                    [("onestep" if k == 1 else "multistep",
+                      method.sampler(method="multistep", num_steps=k), k)
                      for k in (STEPS[:2] if quick else STEPS)])
         for sampler, options, nfe in settings:
             images, seconds = _timed_generate(method, state.ema_params, state.aux, num, batch,

@@ -55,9 +55,9 @@ def analytic_rows(nfes, num: int) -> list[dict]:
                   schedule=schedule, image_shape=(1, 1, 2))
     x_init = jax.random.normal(jax.random.key(0), (num, 1, 1, 2))
     exact = np.asarray(MIXTURE.sample(jax.random.key(1), num))
-    run = jax.jit(lambda x, rng, name, steps: method.sample(None, rng, x, method=name,
-                                                            num_steps=steps),
-                  static_argnums=(2, 3))
+    run = jax.jit(lambda x, rng, name, steps: method.sample(
+        None, rng, x, sampler=method.sampler(method=name, num_steps=steps))[0],
+        static_argnums=(2, 3))
     reference = np.asarray(run(x_init, jax.random.key(2), "heun", 1000)).reshape(num, 2)
     rows = []
     for label, (name, steps_of) in SAMPLERS.items():
@@ -72,8 +72,7 @@ def analytic_rows(nfes, num: int) -> list[dict]:
 
 def digits_rows(workdir: str, nfes, num: int, train_steps: int | None) -> list[dict]:
     from diffusion_jax.evaluation.digits_features import digits_feature_fn
-    from diffusion_jax.evaluation.runner import _reference_images
-    from diffusion_jax.training.loop import restore_state
+    from diffusion_jax import runs
 
     config = digits_config.get_config()
     if train_steps is not None:  # the quick version: a tiny U-Net, a few steps
@@ -84,15 +83,16 @@ def digits_rows(workdir: str, nfes, num: int, train_steps: int | None) -> list[d
     if launcher.run(config, directory, "train") != 0:
         raise RuntimeError("training the digits model failed")
     mesh = parallel.make_mesh()
-    method, state = restore_state(config, directory, mesh)
+    method, state = runs.restore(config, directory, mesh)
     features = digits_feature_fn()
-    reference = features(_reference_images(config, 1797))[0]
+    reference = features(runs.training_images(config, 1797))[0]
     batch = -(-min(num, 500) // mesh.devices.size) * mesh.devices.size
     rows = []
     for label, (name, steps_of) in SAMPLERS.items():
         for nfe in nfes:
             images = sampling.generate(method, state.ema_params, jax.random.PRNGKey(1), num,
-                                       batch, mesh, dict(method=name, num_steps=steps_of(nfe)))
+                                       batch, mesh,
+                                       method.sampler(method=name, num_steps=steps_of(nfe)))
             rows.append(dict(setting="digits", sampler=label, nfe=nfe,
                              frechet=_frechet(features(images)[0], reference),
                              ode_error=float("nan")))

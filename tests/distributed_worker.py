@@ -20,7 +20,7 @@ from helpers import tiny_ddpm_config  # noqa: E402
 
 def main(port: str, process_id: str, workdir: str, fsdp: str = "1"):
     from diffusion_jax import parallel
-    from diffusion_jax.training.loop import train
+    from diffusion_jax.launcher import train
 
     parallel.initialize_distributed(f"127.0.0.1:{port}", 2, int(process_id))
     assert jax.process_count() == 2 and jax.device_count() == 2

@@ -44,3 +44,70 @@ def random_params(shapes, seed=0, scale=0.1):
 
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+class ExactTeacher:
+    """The exact denoiser of Gaussian-mixture `data` in a distillation teacher's role (what
+    consistency distillation asks of a teacher method: `init_params`, `conditional_denoiser`,
+    `has_denoiser`, `image_shape`, `num_classes`), with no parameters; images of shape
+    `image_shape` hold d values each."""
+
+    has_denoiser = True
+
+    def __init__(self, data, image_shape, num_classes=0):
+        self.data, self.image_shape, self.num_classes = data, tuple(image_shape), num_classes
+
+    def init_params(self, rng):
+        return {}
+
+    def conditional_denoiser(self, params, aux=None):
+        def denoiser(x, sigma, cond=None):
+            import jax.numpy as jnp
+
+            flat = x.reshape(x.shape[0], -1)
+            sigma = jnp.broadcast_to(jnp.asarray(sigma, flat.dtype), flat.shape[:1])
+            return self.data.denoiser(flat, sigma, cond).reshape(x.shape)
+        return denoiser
+
+
+def sample(family, params, rng, x_init, cond=None, /, *, aux=None, **options):
+    """The images of `family.sample` (a method) with the sampler `family.sampler(**options)`."""
+    return family.sample(params, rng, x_init, cond, aux=aux, sampler=family.sampler(**options))[0]
+
+
+def edit(family, params, rng, x, mask, cond=None, /, *, aux=None, task, strength=1.0, **options):
+    """`family.edit` (a method) with the sampler `family.sampler(**options)`."""
+    return family.edit(params, rng, x, mask, cond, aux=aux, sampler=family.sampler(**options),
+                       task=task, strength=strength)
+
+
+DATA = os.path.join(ROOT, "tests", "data")
+
+
+def load_tool(name):
+    """The module `tools/<name>.py` (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_state_dict(fixture):
+    """The seeded state dict (`tools/reference_weights.py`) of a reference-output fixture that
+    stores its tensors as `names`, `shapes` (JSON) and `seed`."""
+    import json
+
+    weights = load_tool("reference_weights")
+    return weights.state_dict(int(fixture["seed"]), [str(n) for n in fixture["names"]],
+                              json.loads(str(fixture["shapes"])))
+
+
+def max_relative_error(actual, expected):
+    """max |actual - expected| / max |expected|: float32 rounding through a deep network is
+    about 1e-6; a mis-mapped tensor is of order 1."""
+    import numpy as np
+
+    expected = np.asarray(expected, np.float64)
+    return float(np.max(np.abs(np.asarray(actual, np.float64) - expected)) / np.max(np.abs(expected)))

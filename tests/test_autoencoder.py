@@ -7,7 +7,7 @@ import pytest
 from helpers import random_params
 
 from configs.autoencoder import digits as ae_digits
-from diffusion_jax import builders
+from diffusion_jax import builders, runs
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.models.autoencoder import DiagonalGaussian
 
@@ -59,15 +59,18 @@ def _tiny_method(**autoencoder):
 
 def test_shapes_loss_terms_and_decoded_prior_samples():
     method = _tiny_method(kl_weight=0.5, perceptual_weight=2.0)
-    assert method.latent_shape == (4, 4, 2)
+    assert method.noise_shape == (4, 4, 2)
     params = random_params(jax.eval_shape(method.init_params, jax.random.key(0)))
     x = np.random.default_rng(1).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32)
+
+    aux = runs.resolve(method.requirements(), None, {})  # the shipped digits classifier
 
     @jax.jit
     def run(params):
         batch = {"image": x, "label": jnp.zeros(4, jnp.int32)}
-        return (method.loss(params, batch, jax.random.key(2)), method.reconstruct(params, x),
-                method.sample(params, jax.random.key(3), jnp.zeros((2, 4, 4, 2))))
+        return (method.loss(params, batch, jax.random.key(2), aux, 0),
+                method.reconstruct(params, x),
+                method.sample(params, jax.random.key(3), jnp.zeros((2, 4, 4, 2)))[0])
 
     (loss, metrics), reconstruction, samples = run(params)
     total = metrics["reconstruction"] + 0.5 * metrics["kl"] + 2.0 * metrics["perceptual"]
@@ -97,5 +100,7 @@ def test_lpips_perceptual_term_reads_its_weights_file(tmp_path):
     method = _tiny_method(perceptual_weight=1.0, perceptual="lpips", lpips_weights=path)
     params = jax.eval_shape(method.init_params, jax.random.key(0))
     batch = {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros(2, jnp.int32)}
-    _, metrics = jax.eval_shape(method.loss, params, batch, jax.random.key(1))
+    aux = jax.eval_shape(method.init_aux, params, jax.random.key(2))
+    _, metrics = jax.eval_shape(lambda p, a: method.loss(p, batch, jax.random.key(1), a, 0),
+                                params, aux)
     assert metrics["perceptual"].shape == ()

@@ -13,8 +13,9 @@ import numpy as np
 import optax
 import pytest
 
+import helpers
 from helpers import ROOT
-from diffusion_jax import analytic, builders, preconditioning
+from diffusion_jax import analytic, builders, preconditioning, runs
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.losses import consistency as objectives
 from diffusion_jax.methods.consistency import Consistency
@@ -129,7 +130,7 @@ def test_pseudo_huber_matches_its_formula_and_limits():
 
 
 def _cd_loss(f, num_scales, rng, x0, teacher_solver="heun"):
-    teacher = analytic.ExactTeacher(GAUSSIAN, (2,)).conditional_denoiser({})
+    teacher = helpers.ExactTeacher(GAUSSIAN, (2,)).conditional_denoiser({})
     return objectives.consistency_loss(
         f, f, x0, rng, num_scales=num_scales,
         sample_index=lambda r, n: jax.random.randint(r, (n,), 0, num_scales - 1),
@@ -155,7 +156,7 @@ def test_cd_loss_of_the_exact_consistency_function_vanishes_at_the_teachers_orde
 def distilled():
     """A consistency model (MLP backbone) distilled from the exact teacher of GAUSSIAN."""
     method = Consistency(model=MLP(), image_shape=(2,), training_mode="cd",
-                         teacher=analytic.ExactTeacher(GAUSSIAN, (2,)), distance="l2",
+                         teacher=helpers.ExactTeacher(GAUSSIAN, (2,)), distance="l2",
                          num_scales=18, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
     params = method.init_params(jax.random.PRNGKey(0))
     aux = method.init_aux(params, jax.random.PRNGKey(1))
@@ -179,7 +180,7 @@ def distilled():
 
 def _heun_endpoint(z, num_scales=18):
     """The teacher's own ODE endpoint: Heun steps of the exact denoiser down the N-level grid."""
-    D = analytic.ExactTeacher(GAUSSIAN, (2,)).conditional_denoiser({})
+    D = helpers.ExactTeacher(GAUSSIAN, (2,)).conditional_denoiser({})
     levels = objectives.karras_levels(jnp.arange(num_scales), num_scales)[::-1]
     x = SIGMA_MAX * z
     for i in range(num_scales - 1):
@@ -213,8 +214,8 @@ def test_one_and_two_step_samples_match_the_data_moments(distilled):
     x, _ = method.sample(params, jax.random.PRNGKey(6), z, aux=aux)
     np.testing.assert_allclose(np.asarray(x).mean(0), MEAN, atol=0.03)
     np.testing.assert_allclose(np.cov(np.asarray(x).T), COV, atol=0.05)
-    x, stats = method.sample(params, jax.random.PRNGKey(6), z, aux=aux, method="multistep",
-                             sigmas=(80.0, 0.8))
+    x, stats = method.sample(params, jax.random.PRNGKey(6), z, aux=aux,
+                             sampler=method.sampler(method="multistep", sigmas=(80.0, 0.8)))
     np.testing.assert_allclose(np.asarray(x).mean(0), MEAN, atol=0.06)
     np.testing.assert_allclose(np.cov(np.asarray(x).T), COV, atol=0.07)
     assert float(stats["nfe"]) == 2.0
@@ -239,11 +240,11 @@ def test_inpainting_keeps_known_pixels_and_sdedit_zero_is_identity(distilled):
     method, params, aux, _ = distilled
     x = GAUSSIAN.sample(jax.random.PRNGKey(7), 16)
     mask = jnp.zeros((16, 2), bool).at[:, 0].set(True)
-    out = method.edit(params, jax.random.PRNGKey(8), x, mask, aux=aux, task="inpaint",
-                      strength=1.0, num_steps=2)
+    out = helpers.edit(method, params, jax.random.PRNGKey(8), x, mask, aux=aux, task="inpaint",
+                       strength=1.0, method="multistep", num_steps=2)
     np.testing.assert_array_equal(np.asarray(out[:, 0]), np.asarray(x[:, 0]))
-    same = method.edit(params, jax.random.PRNGKey(8), x, mask, aux=aux, task="sdedit",
-                       strength=0.0, num_steps=2)
+    same = helpers.edit(method, params, jax.random.PRNGKey(8), x, mask, aux=aux, task="sdedit",
+                        strength=0.0, method="multistep", num_steps=2)
     np.testing.assert_array_equal(np.asarray(same), np.asarray(x))
 
 
@@ -259,7 +260,7 @@ def test_ct_target_follows_mu_of_k_and_ict_has_no_target():
     no_ema = Consistency(model=MLP(), image_shape=(2,), training_mode="ct", mu0=0.0)
     assert no_ema.init_aux(params, jax.random.PRNGKey(0)) == {}  # target = online, no copy
     cd = Consistency(model=MLP(), image_shape=(2,), training_mode="cd", target_ema=0.5,
-                     teacher=analytic.ExactTeacher(GAUSSIAN, (2,)))
+                     teacher=helpers.ExactTeacher(GAUSSIAN, (2,)))
     np.testing.assert_allclose(cd.update_aux(aux, params, 0)["target"]["w"], 0.5)
 
 
@@ -303,9 +304,9 @@ def test_ct_and_ict_learn_the_gaussian_from_data_alone():
 def test_cd_without_teacher_and_bad_names_are_config_errors(tmp_path):
     config = digits_cd.get_config()
     method = builders.build_method(config)  # buildable (e.g. --mode=info) without a teacher
-    with pytest.raises(ConfigError, match="teacher_checkpoint"):
+    with pytest.raises(ConfigError, match="teacher_workdir"):
         method.init_aux(method.init_params(jax.random.PRNGKey(0)), jax.random.PRNGKey(0))
-    config.training.teacher_checkpoint = str(tmp_path)
+    config.consistency.teacher_workdir = str(tmp_path)
     with pytest.raises(ConfigError, match="config.json"):
         builders.build_method(config)
     for key, value in (("training_mode", "xd"), ("distance", "l3"), ("weighting", "snr")):
@@ -341,27 +342,27 @@ def test_digits_teacher_then_cd_then_one_and_two_step_samples_through_the_launch
                      "--config.training.sample_at_end=False")
     assert result.returncode == 0, result.stderr[-3000:]
     result = _launch(student, "configs/consistency/digits_cd.py",
-                     f"--config.training.teacher_checkpoint={teacher}",
+                     f"--config.consistency.teacher_workdir={teacher}",
                      "--config.training.num_steps=10", "--config.training.checkpoint_every=10")
     assert result.returncode == 0, result.stderr[-3000:]
     one = np.load(student / "samples" / "step_10.npz")["images"]
     assert one.shape == (8, 8, 8, 1) and np.isfinite(one).all()
     result = _launch(student, "configs/consistency/digits_cd.py", "--mode=sample",
-                     f"--config.training.teacher_checkpoint={teacher}",
+                     f"--config.consistency.teacher_workdir={teacher}",
                      "--config.sampling.method=multistep", "--config.sampling.num_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]
     two = np.load(student / "samples" / "step_10.npz")["images"]
     assert two.shape == (8, 8, 8, 1) and not np.allclose(one, two)
     # a teacher of another shape is refused before training starts
     result = _launch(tmp_path / "bad", "configs/consistency/digits_cd.py",
-                     f"--config.training.teacher_checkpoint={teacher}",
+                     f"--config.consistency.teacher_workdir={teacher}",
                      "--config.model.nf=16", "--config.training.num_steps=2")
     assert result.returncode == 2 and "does not match" in result.stderr
 
 
 def test_lpips_distance_reads_its_weights_from_the_configured_file(tmp_path):
-    """CT with the LPIPS distance: `load_aux` reads the weights named by
-    consistency.lpips_weights into the aux state, and the loss is the LPIPS distance between
+    """CT with the LPIPS distance: the launcher layer reads the weights named by
+    consistency.lpips_weights (`runs.resolve`) into the aux state, and the loss is the LPIPS distance between
     online and target outputs (zero for identical networks at identical inputs)."""
     from diffusion_jax.losses import lpips
 
@@ -377,7 +378,8 @@ def test_lpips_distance_reads_its_weights_from_the_configured_file(tmp_path):
                               lpips_weights=path, lpips_resize=16)
     method = builders.build_method(config)
     params = method.init_params(jax.random.PRNGKey(1))
-    aux = method.load_aux(method.init_aux(params, jax.random.PRNGKey(2)))
+    _, aux = method.start(params, method.init_aux(params, jax.random.PRNGKey(2)),
+                          runs.resolve(method.requirements(), config, {}))
     np.testing.assert_array_equal(aux["lpips"]["lin0"]["kernel"], weights["lin0"]["kernel"])
     images = jax.random.uniform(jax.random.PRNGKey(3), (4, 8, 8, 1), minval=-1.0, maxval=1.0)
     batch = {"image": images, "label": None}
@@ -411,7 +413,7 @@ def test_consistency_steps_experiment_quick_through_the_launcher(tmp_path):
 
 
 def test_cifar10_configs_build_the_papers_56_40m_network():
-    from diffusion_jax.models.unet import count_params
+    from diffusion_jax.model_size import count_params
     from configs.consistency import cifar10_cd_l2, cifar10_cd_lpips, cifar10_ct, cifar10_ict
 
     for module in (cifar10_cd_l2, cifar10_cd_lpips, cifar10_ct, cifar10_ict):

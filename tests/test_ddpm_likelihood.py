@@ -65,7 +65,7 @@ def test_prior_term_is_its_closed_form_and_every_term_is_nonnegative():
 
     wrong_eps = lambda x_t, t: jnp.sin(3.0 * x_t) + 0.01 * t[:, None, None, None]  # noqa: E731
     run = jax.jit(lambda v: (vb.vlb_terms(wrong_eps, schedule, x0, jax.random.key(1), variance=v),
-                             vb.bits_per_dim(wrong_eps, schedule, x0, jax.random.key(1),
+                             vb.vlb_bits_per_dim(wrong_eps, schedule, x0, jax.random.key(1),
                                              variance=v)), static_argnums=0)
     for variance in ("beta", "beta_tilde"):
         terms, (bpd, nfe) = run(variance)
@@ -110,7 +110,7 @@ def test_a_single_point_with_its_exact_model_has_only_the_prior_and_decoder_term
     L_T = 0.5 * np.sum(ab[-1] * x0_np**2 - ab[-1] - np.log(1.0 - ab[-1]))
     run = jax.jit(lambda v: (vb.vlb_terms(point_eps(T, x0), schedule, x0, jax.random.key(0),
                                           variance=v)[0],
-                             vb.bits_per_dim(point_eps(T, x0), schedule, x0, jax.random.key(0),
+                             vb.vlb_bits_per_dim(point_eps(T, x0), schedule, x0, jax.random.key(0),
                                              variance=v)[0][0]), static_argnums=0)
     (beta_terms, _), (terms, bpd) = run("beta"), run("beta_tilde")
     assert [float(beta_terms[0]), float(terms[0])] == pytest.approx([L_0, L_0], rel=1e-5)
@@ -184,7 +184,7 @@ def test_gaussian_data_bound_is_above_the_exact_nll_and_tightens_with_more_steps
     gaps = {}
     for T in (100, 1000):
         schedule = linear_schedule(T)
-        bpd, _ = jax.jit(lambda r: vb.bits_per_dim(gaussian_eps(T, S), schedule, x0, r,
+        bpd, _ = jax.jit(lambda r: vb.vlb_bits_per_dim(gaussian_eps(T, S), schedule, x0, r,
                                                    variance="beta_tilde"))(jax.random.key(T))
         gap = np.asarray(bpd) - nll / (D * math.log(2))
         gaps[T] = gap.mean(), gap.std() / math.sqrt(n)
@@ -223,7 +223,7 @@ def test_the_monte_carlo_estimate_is_unbiased():
     x0 = jnp.broadcast_to(gaussian_data()[0][:1], (N, D, 1, 1))
     eps, w = offset_point_model(T, x0[:1])
     schedule = linear_schedule(T)
-    run = jax.jit(lambda r, k: vb.bits_per_dim(eps, schedule, x0, r, timesteps=k,
+    run = jax.jit(lambda r, k: vb.vlb_bits_per_dim(eps, schedule, x0, r, timesteps=k,
                                                variance="beta_tilde"), static_argnums=1)
     (exact, nfe_exact), (estimate, nfe) = run(jax.random.key(0), 0), run(jax.random.key(1), 4)
     assert (nfe_exact, nfe) == (T, 5)
@@ -248,32 +248,32 @@ class RecordingMethod:
 
 def test_eval_feeds_the_quantised_test_images_and_only_the_options_a_method_takes():
     from diffusion_jax import builders, parallel
-    from diffusion_jax.evaluation import runner
+    from diffusion_jax.evaluation import test_split
     from configs.score_sde import digits_vp
 
     config = tiny_ddpm_config()
     config.eval.update(bpd_num_examples=8, bpd_batch_size=8, bpd_timesteps=5)
     config.sampling.variance = "beta_tilde"
     method = RecordingMethod([])
-    metrics = runner.test_bits_per_dim(config, parallel.make_mesh(), method, {})
+    metrics = test_split.bits_per_dim(config, parallel.make_mesh(), method, {})
     assert method.calls == [dict(timesteps=5, variance="beta_tilde")]
     assert metrics["bits_per_dim"] < 1e-5 and metrics["bits_per_dim_nfe"] == 6
     sde_config = digits_vp.get_config()
-    assert set(runner.bits_per_dim_options(builders.build_method(sde_config), sde_config)) == {
+    assert set(test_split.bits_per_dim_options(builders.build_method(sde_config), sde_config)) == {
         "divergence", "rtol", "atol"}
-    assert set(runner.bits_per_dim_options(builders.build_method(config), config)) == {
+    assert set(test_split.bits_per_dim_options(builders.build_method(config), config)) == {
         "timesteps", "variance", "clip_x0"}
 
 
 def test_eval_reports_the_bits_per_dim_of_a_tiny_ddpm():
     from diffusion_jax import builders, parallel
-    from diffusion_jax.evaluation import runner
+    from diffusion_jax.evaluation import test_split
 
     config = tiny_ddpm_config()
     config.eval.update(bpd_num_examples=8, bpd_batch_size=8)
     method = builders.build_method(config)
     assert method.num_levels == 17  # the digits' levels, for the decoder's bins
     params = random_params(jax.eval_shape(method.init_params, jax.random.key(0)))
-    metrics = runner.test_bits_per_dim(config, parallel.make_mesh(), method, params)
+    metrics = test_split.bits_per_dim(config, parallel.make_mesh(), method, params)
     assert metrics["bits_per_dim_examples"] == 8 and metrics["bits_per_dim_nfe"] == 100
     assert np.isfinite(metrics["bits_per_dim"]) and metrics["bits_per_dim"] > 0

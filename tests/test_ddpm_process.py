@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.methods.ddpm import marginal_coefficients, q_sample
+from diffusion_jax.processes.schedules import marginal_coefficients, q_sample
 from diffusion_jax.processes import parameterization, schedules
 
 

@@ -14,8 +14,9 @@ from helpers import ROOT
 from configs.edm import cifar10_uncond, digits, digits_cond
 from diffusion_jax import builders, launcher, preconditioning
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.methods.edm import FAST_SAMPLERS, fast_sample
-from diffusion_jax.training.loop import train
+from diffusion_jax.launcher import train
+from diffusion_jax.samplers import solvers
+from diffusion_jax.samplers.sampler import Sampler
 
 TINY_MODEL = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
 TINY_OVERRIDES = ["--config.model.nf=8", "--config.model.ch_mult=(1,)",
@@ -45,16 +46,17 @@ def test_denoiser_of_a_zero_network_is_c_skip_x():
     x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
     sigma = jnp.array([0.01, 1.0, 50.0])
     c_skip = preconditioning.EDMPrecond(0.5)(sigma).c_skip
-    np.testing.assert_allclose(method.denoiser(params)(x, sigma), c_skip[:, None, None, None] * x,
-                               rtol=1e-6)
+    np.testing.assert_allclose(method.conditional_denoiser(params)(x, sigma),
+                               c_skip[:, None, None, None] * x, rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", FAST_SAMPLERS)
+@pytest.mark.parametrize("method", solvers.SOLVERS)
 def test_fast_samplers_sample_gaussian_data_with_its_exact_denoiser(method):
     s = 0.5  # data N(0, s^2 I): D(x, sigma) = s^2 / (s^2 + sigma^2) x
     denoiser = lambda x, sigma: (s**2 / (s**2 + sigma**2))[:, None] * x
     x_init = jax.random.normal(jax.random.key(0), (4096, 2))
-    out = fast_sample(denoiser, jax.random.key(1), x_init, method=method, num_steps=256)
+    out, _ = solvers.solve(Sampler(method=method, num_steps=256),
+                           solvers.DenoiserModel(denoiser), jax.random.key(1), x_init)
     assert abs(float(jnp.std(out)) - s) < 0.02
 
 
@@ -65,8 +67,9 @@ def test_guidance_scale_changes_class_conditional_samples():
     params = method.init_params(jax.random.key(0))
     x_init = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
     labels = jnp.arange(4, dtype=jnp.int32)
-    sample = lambda w: method.sample(params, jax.random.key(2), x_init, labels, method="euler",
-                                     num_steps=4, guidance_scale=w)
+    sample = lambda w: method.sample(params, jax.random.key(2), x_init, labels,
+                                     sampler=method.sampler(method="euler", num_steps=4,
+                                                            guidance_scale=w))[0]
     guided, plain = sample(3.0), sample(1.0)
     assert np.isfinite(guided).all() and not np.allclose(guided, plain)
 

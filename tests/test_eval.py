@@ -1,10 +1,10 @@
-"""The eval runner's metric selection (the resumable sampling is tested in test_launcher.py)."""
+"""The eval metrics selection (the resumable sampling is tested in test_launcher.py)."""
 import numpy as np
 import pytest
 
 from configs.ddpm import cifar10, digits
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.evaluation.runner import dataset_metrics
+from diffusion_jax.evaluation.metrics import dataset_metrics
 
 
 def test_fid_without_inception_weights_names_the_config_key():
@@ -40,4 +40,33 @@ def test_reference_statistics_are_written_and_read_back(tmp_path):
                                                              rel=1e-9)
     config.eval.reference_stats = str(tmp_path / "missing.npz")
     with pytest.raises(ConfigError, match="eval.reference_stats"):
+        dataset_metrics(config, samples)
+
+
+def test_fid_uses_and_records_the_configured_inception_protocol(tmp_path, monkeypatch):
+    """`eval.inception_protocol` reaches the feature network and is recorded beside the FID;
+    an unknown protocol is a ConfigError listing the valid ones."""
+    from diffusion_jax.evaluation import inception, metrics as sample_metrics
+
+    seen = []
+
+    def features(path, batch_size, mesh, protocol):
+        seen.append(protocol)
+        rng = np.random.default_rng(len(seen))
+        return lambda images: (rng.normal(size=(len(images), 8)), rng.normal(size=(len(images), 10)))
+
+    monkeypatch.setattr(inception, "inception_feature_fn", features)
+    monkeypatch.setattr(sample_metrics, "_reference_images", lambda config, n: np.zeros((16, 32, 32, 3)))
+    weights = tmp_path / "inception.npz"
+    weights.write_bytes(b"")
+    config = cifar10.get_config()
+    config.eval.inception_weights = str(weights)
+    samples = np.zeros((16, 32, 32, 3), np.float32)
+    for protocol in ("tensorflow", "pytorch_fid"):
+        config.eval.inception_protocol = protocol
+        metrics = dataset_metrics(config, samples)
+        assert metrics["inception_protocol"] == protocol and "fid" in metrics
+    assert seen == ["tensorflow", "pytorch_fid"]
+    config.eval.inception_protocol = "clean_fid"
+    with pytest.raises(ConfigError, match="pytorch_fid, tensorflow"):
         dataset_metrics(config, samples)

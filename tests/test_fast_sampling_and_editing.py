@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import tiny_ddpm_config
+from helpers import edit, sample, tiny_ddpm_config
 
 from diffusion_jax import analytic, builders, denoisers, launcher
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.methods import ddpm, edm
+from diffusion_jax.methods import ddpm
 from diffusion_jax.processes import schedules
-from diffusion_jax.samplers import edm as edm_samplers
+from diffusion_jax.samplers import edm as edm_samplers, solvers
 from test_edm_method import tiny_edm_config
 
 SCHEDULE = schedules.make_schedule("linear", 1000)
@@ -29,7 +29,7 @@ SIGMA_MIN, SIGMA_MAX = (float(s) for s in denoisers.discrete_sigmas(SCHEDULE)[jn
 
 def test_ddpm_through_heun_is_heun_on_the_exact_denoiser():
     x_init = jax.random.normal(jax.random.key(0), (64, 1, 1, 2))
-    out = METHOD.sample(None, jax.random.key(1), x_init, method="heun", num_steps=18)
+    out = sample(METHOD, None, jax.random.key(1), x_init, method="heun", num_steps=18)
     sigmas = edm_samplers.sigma_steps(18, SIGMA_MIN, SIGMA_MAX)
     exact = edm_samplers.edm_sample(DATA.denoiser, jax.random.key(1), (64, 2), sigmas=sigmas,
                                     x_init=sigmas[0] * x_init.reshape(64, 2))
@@ -42,8 +42,8 @@ def test_ddpm_through_heun_is_heun_on_the_exact_denoiser():
                                             ("dpm_solver_pp_2m_sde", "quadratic")])
 def test_ddpm_fast_samplers_reproduce_the_data_moments(method, spacing):
     x_init = jax.random.normal(jax.random.key(2), (4000, 1, 1, 2))
-    out = jax.jit(lambda x: METHOD.sample(None, jax.random.key(3), x, method=method,
-                                          num_steps=100, spacing=spacing))(x_init).reshape(-1, 2)
+    out = jax.jit(lambda x: sample(METHOD, None, jax.random.key(3), x, method=method,
+                                   num_steps=100, spacing=spacing))(x_init).reshape(-1, 2)
     np.testing.assert_allclose(out.mean(0), DATA.mean, atol=0.05)
     np.testing.assert_allclose(jnp.cov(out.T), DATA.covariance, atol=0.05)
 
@@ -52,20 +52,21 @@ def test_ddim_is_euler_on_its_sigma_grid():
     """Deterministic DDIM from x_T equals the Euler ODE step over sigma_i at its timesteps started
     at x_T sqrt(1 + sigma_T^2): the form in which editing runs the DDIM chain."""
     x_T = jax.random.normal(jax.random.key(4), (32, 1, 1, 2))
-    ddim = METHOD.sample(None, jax.random.key(5), x_T, method="ddim", num_steps=20)
-    sigmas = edm.sampler_sigmas("ddim", 20, schedule=SCHEDULE)
-    euler = edm.grid_sampler("ddim")(METHOD.denoiser(None), jax.random.key(5), x_T.shape,
-                                     sigmas=sigmas,
-                                     x_init=jnp.sqrt(1.0 + sigmas[0] ** 2) * x_T)
+    ddim = sample(METHOD, None, jax.random.key(5), x_T, method="ddim", num_steps=20)
+    solver = METHOD.sampler(method="ddim", num_steps=20)
+    sigmas = solvers.sigma_grid(solver, solvers.DenoiserModel(None, schedule=SCHEDULE))
+    euler = solvers.grid_sampler(solver)(METHOD.conditional_denoiser(None), jax.random.key(5),
+                                         x_T.shape, sigmas=sigmas,
+                                         x_init=jnp.sqrt(1.0 + sigmas[0] ** 2) * x_T)
     np.testing.assert_allclose(euler, ddim, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ddpm.SAMPLERS)
+@pytest.mark.parametrize("method", METHOD.sampler_names)
 def test_ddpm_inpainting_keeps_known_pixels_for_every_sampler(method):
     x = DATA.sample(jax.random.key(6), 8).reshape(8, 1, 1, 2)
     mask = jnp.broadcast_to(jnp.array([True, False]), x.shape)
-    out = METHOD.edit(None, jax.random.key(7), x, mask, task="inpaint", strength=1.0,
-                      method=method, num_steps=10)
+    out = edit(METHOD, None, jax.random.key(7), x, mask, task="inpaint", strength=1.0,
+               method=method, num_steps=10)
     np.testing.assert_array_equal(out[..., 0], x[..., 0])
     assert float(jnp.std(out[..., 1] - x[..., 1])) > 0.05
 
@@ -73,15 +74,15 @@ def test_ddpm_inpainting_keeps_known_pixels_for_every_sampler(method):
 @pytest.mark.parametrize("method", ["ancestral", "ddim", "heun", "dpm_solver_pp_2m"])
 def test_ddpm_sdedit_at_strength_zero_returns_the_input(method):
     x = DATA.sample(jax.random.key(8), 8).reshape(8, 1, 1, 2)
-    out = METHOD.edit(None, jax.random.key(9), x, None, task="sdedit", strength=0.0,
-                      method=method, num_steps=10)
+    out = edit(METHOD, None, jax.random.key(9), x, None, task="sdedit", strength=0.0,
+               method=method, num_steps=10)
     np.testing.assert_array_equal(out, x)
 
 
 def test_unknown_edit_task_is_a_config_error():
     x = jnp.zeros((2, 1, 1, 2))
     with pytest.raises(ConfigError, match="inpaint, sdedit"):
-        METHOD.edit(None, jax.random.key(0), x, None, task="colorize", strength=0.5)
+        edit(METHOD, None, jax.random.key(0), x, None, task="outpaint", strength=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +102,10 @@ def test_edm_edit_inpaints_known_pixels_and_sdedit_zero_is_identity(edm_cond):
     x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1), minval=-1, maxval=1)
     mask = jnp.zeros(x.shape, bool).at[:, :4].set(True)
     cond = jnp.full((4,), method.num_classes)
-    out = method.edit(params, jax.random.key(2), x, mask, cond, task="inpaint", strength=1.0,
-                      method="dpm_solver_pp_2m", num_steps=4)
+    out = edit(method, params, jax.random.key(2), x, mask, cond, task="inpaint", strength=1.0,
+               method="dpm_solver_pp_2m", num_steps=4)
     np.testing.assert_array_equal(out[:, :4], x[:, :4])
-    same = method.edit(params, jax.random.key(2), x, mask, cond, task="sdedit", strength=0.0)
+    same = edit(method, params, jax.random.key(2), x, mask, cond, task="sdedit", strength=0.0)
     np.testing.assert_array_equal(same, x)
 
 
@@ -112,7 +113,7 @@ def test_edm_guidance_options(edm_cond):
     method, params = edm_cond
     x_init = jax.random.normal(jax.random.key(3), (4, 8, 8, 1))
     cond = jnp.arange(4)
-    run = lambda **o: method.sample(params, jax.random.key(4), x_init, cond, num_steps=3, **o)
+    run = lambda **o: sample(method, params, jax.random.key(4), x_init, cond, num_steps=3, **o)
     plain = run()
     # an interval that holds no sampled sigma: the conditional model, unguided
     np.testing.assert_allclose(run(guidance_scale=3.0, guidance_sigma_lo=1e3,

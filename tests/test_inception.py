@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.evaluation import inception
-from diffusion_jax.evaluation.features import flatten_variables
+from diffusion_jax.weight_files import flatten_variables
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,6 +132,33 @@ def test_preprocess_resize_follows_the_protocols_sampling_grid(protocol, half_pi
         expected = scale(_reference_resize_1d(levels, size, half_pixel_centers))
         np.testing.assert_allclose(out[0, 1, :, 2], expected, atol=1e-6)
         np.testing.assert_allclose(out[0, 0], out[0, -1], atol=1e-6)  # rows were constant
+
+
+def test_tensorflow_resize_of_a_ramp_is_the_closed_form_of_the_2015_graph():
+    """The 2015 graph's `ResizeBilinear` (TensorFlow 1, align_corners=False, no half-pixel
+    centres) samples output pixel j at input position j n / size, clamped to n - 1, and is
+    exact on a linear ramp v_i = a i + b: out_j = a min(j n / size, n - 1) + b, from 32 to 299
+    as FID resizes CIFAR-10. Negative control: the half-pixel grid of `pytorch_fid`,
+    a clip((j + 1/2) n / size - 1/2, 0, n - 1) + b, differs from it by up to a / 2 and fails
+    the same check."""
+    n, a, b = 32, 7.0, 20.0  # levels 20 .. 237, integers, so the uint8 quantisation keeps them
+    ramp = jnp.asarray((a * np.arange(n) + b) / 127.5 - 1)[None, :, None, None] * jnp.ones((1, 1, 2, 3))
+    j = np.arange(inception.INPUT_SIZE)
+    legacy = a * np.minimum(j * n / inception.INPUT_SIZE, n - 1) + b
+    out = np.asarray(inception.preprocess(ramp))[0, :, 0, 0]
+    np.testing.assert_allclose(out, (legacy - 128) / 128, atol=1e-5)
+    half_pixel = np.asarray(inception.preprocess(ramp, protocol="pytorch_fid"))[0, :, 0, 0]
+    assert np.max(np.abs((half_pixel + 1) * 127.5 - legacy)) > 3.0
+
+
+def test_tensorflow_resize_doubling_keeps_even_pixels_and_averages_odd_ones():
+    """Upsampling n -> 2n on the legacy grid (input position j / 2): out_{2k} = v_k,
+    out_{2k+1} = (v_k + v_{k+1}) / 2, and the last pixel repeats v_{n-1}; the half-pixel grid
+    (position j / 2 - 1/4) would mix 1/4 and 3/4 instead."""
+    v = np.array([0.0, 200.0, 40.0, 255.0])
+    images = jnp.asarray(v / 127.5 - 1)[None, None, :, None] * jnp.ones((1, 1, 1, 3))
+    out = np.asarray(inception.preprocess(images, size=8))[0, 0, :, 0] * 128 + 128
+    np.testing.assert_allclose(out, [0, 100, 200, 120, 40, 147.5, 255, 255], atol=1e-4)
 
 
 def test_converter_maps_a_torch_state_dict_onto_the_flax_tree():

@@ -12,11 +12,12 @@ from configs.autoencoder import digits as ae_digits
 from configs.autoencoder import shapes as ae_shapes
 from configs.latent import digits_edm, shapes_text_edm
 from diffusion_jax import builders, parallel
+from diffusion_jax.data import cache as data_cache
 from diffusion_jax.data import digits
 from diffusion_jax.data.datasets import ArraySource, _identity_example
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.latent import LatentDiffusion
-from diffusion_jax.training.loop import restore_run
+from diffusion_jax.runs import restore_run
 
 AE = ["--config=configs/autoencoder/digits.py", "--config.model.ch=16",
       "--config.model.attention=False", "--config.training.num_steps=150",
@@ -65,7 +66,7 @@ def test_latent_edm_trains_on_cached_latents_and_samples_digits(autoencoder_run,
     samples = np.load(os.path.join(workdir, "samples", "step_20.npz"))["images"]
     assert samples.shape == (8, 8, 8, 1) and np.isfinite(samples).all()
     config, method, state = restore_run(workdir, parallel.make_mesh(jax.devices()[:1]))
-    assert method.latent_shape == (4, 4, 2) and method.image_shape == (8, 8, 1)
+    assert method.noise_shape == (4, 4, 2) and method.image_shape == (8, 8, 1)
     _, _, ae_state = restore_run(autoencoder_run, parallel.make_mesh(jax.devices()[:1]))
     for a, b in zip(jax.tree.leaves(state.aux["autoencoder"]), jax.tree.leaves(ae_state.ema_params)):
         np.testing.assert_array_equal(a, b)  # the frozen autoencoder, checkpointed with the run
@@ -87,7 +88,7 @@ def test_training_from_the_latent_cache_equals_encoding_each_batch(tmp_path):
     autoencoder = builders.build_method(ae_config)
     config = digits_edm.get_config()
     config.model.update(nf=8, ch_mult=(1,), attn_resolutions=())
-    inner = builders.METHODS["edm"](config, builders.build_model(config), autoencoder.latent_shape)
+    inner = builders.METHODS["edm"](config, builders.build_model(config), autoencoder.noise_shape)
     direct = LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="")
     cached = LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="",
                              cache_dir=str(tmp_path))
@@ -97,15 +98,17 @@ def test_training_from_the_latent_cache_equals_encoding_each_batch(tmp_path):
            "scale": np.float32(2.0)}
     images = digits.load_digits_arrays("train")[0][:8]
     source = ArraySource(images, np.zeros(8, np.int32))
-    cached_source, cached_decode = cached.training_data(aux, source, _identity_example)
+    spec = cached.latent_cache()
+    cached_source, cached_decode = data_cache.cached_source(
+        spec.path, lambda x: spec.encode(aux, x), spec.example_shape, source, _identity_example)
     moments = np.stack([cached_decode(cached_source[i])[0] for i in range(8)])
     labels = np.zeros(8, np.int32)
     rng = jax.random.key(2)
 
     @jax.jit
     def losses(params, aux):
-        return (direct.loss(params, {"image": images, "label": labels}, rng, aux=aux)[0],
-                cached.loss(params, {"image": moments, "label": labels}, rng, aux=aux)[0],
+        return (direct.loss(params, {"image": images, "label": labels}, rng, aux, 0)[0],
+                cached.loss(params, {"image": moments, "label": labels}, rng, aux, 0)[0],
                 direct.posterior_moments(aux, images))
 
     from_images, from_cache, fresh_moments = losses(params, aux)
@@ -124,17 +127,18 @@ def test_text_to_image_latent_diffusion_builds_and_traces(tmp_path):
     config.latent.autoencoder_workdir = str(tmp_path)
     config.model.update(ch=16, num_heads=2)
     method = builders.build_method(config)
-    assert method.latent_shape == (8, 8, 4) and method.image_shape == (16, 16, 3)
+    assert method.noise_shape == (8, 8, 4) and method.image_shape == (16, 16, 3)
     assert method.caption_length == 32
     params = jax.eval_shape(method.init_params, jax.random.key(0))
     aux = jax.eval_shape(method.init_aux, params, jax.random.key(1))
     batch = {"image": jax.ShapeDtypeStruct((4, 16, 16, 3), np.float32),
              "label": jax.ShapeDtypeStruct((4, 32), np.int32)}
-    loss, _ = jax.eval_shape(lambda p, b, a: method.loss(p, b, jax.random.key(2), aux=a),
+    loss, _ = jax.eval_shape(lambda p, b, a: method.loss(p, b, jax.random.key(2), a, 0),
                              params, batch, aux)
     assert loss.shape == ()
-    images = jax.eval_shape(lambda p, a, c: method.sample(
-        p, jax.random.key(3), np.zeros((4, 8, 8, 4), np.float32), c, aux=a, num_steps=2,
-        guidance_scale=3.0, negative_prompt="a blue circle on the left"), params, aux,
+    images, _ = jax.eval_shape(lambda p, a, c: method.sample(
+        p, jax.random.key(3), np.zeros((4, 8, 8, 4), np.float32), c, aux=a,
+        sampler=method.sampler(num_steps=2, guidance_scale=3.0,
+                               negative_prompt="a blue circle on the left")), params, aux,
         batch["label"])
     assert images.shape == (4, 16, 16, 3)

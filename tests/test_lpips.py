@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.evaluation.features import unflatten_variables
+from diffusion_jax.weight_files import unflatten_variables
 from diffusion_jax.losses import lpips
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

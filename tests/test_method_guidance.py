@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import random_params, tiny_ddpm_config
+from helpers import random_params, sample, tiny_ddpm_config
 
 from configs.score_sde import digits_vp
 from diffusion_jax import analytic, builders, text
@@ -14,6 +14,7 @@ from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.score_sde import ScoreSDE
 from diffusion_jax.processes import schedules, sde as sde_lib
+from diffusion_jax.samplers.sampler import Sampler
 
 # Class c of two is N(mu_c, s^2 I) with weight pi_c; the null label 2 queries the mixture.
 PI, MU, S2 = np.array([0.3, 0.7]), np.array([[-1.0, 0.5], [1.0, -0.5]]), 0.2
@@ -44,6 +45,11 @@ def guided_closed_form(x, alpha, sigma, labels, w):
     scores, uncond = closed_form_scores(x, alpha, sigma)
     cond = scores[np.asarray(labels), np.arange(len(labels))]
     return (1.0 - w) * uncond + w * cond
+
+
+def G(**options):
+    """The guidance of the sampling options `options`."""
+    return Sampler(**options).guidance
 
 
 def ddpm_method(data=MIXTURE, num_classes=2):
@@ -79,7 +85,7 @@ def test_ddpm_guided_epsilon_is_the_closed_form_combination(w):
     """eps_w = -sigma_t ((1 - w) score_u + w score_c) at the schedule's timesteps."""
     x, labels = _inputs()
     t = 30.0 + 64.0 * jnp.arange(16, dtype=jnp.float32)
-    eps = jax.jit(ddpm_method().eps_fn({}, labels, guidance_scale=w))(x, t)
+    eps = jax.jit(ddpm_method().eps_fn({}, labels, G(guidance_scale=w)))(x, t)
     ab = np.asarray(SCHEDULE.alpha_bars, np.float64)[np.asarray(t, int)]
     alpha, sigma = np.sqrt(ab), np.sqrt(1.0 - ab)
     expected = -sigma[:, None] * guided_closed_form(x, alpha, sigma, labels, w)
@@ -92,7 +98,7 @@ def test_score_sde_guided_score_is_the_closed_form_combination(name, w):
     x, labels = _inputs()
     t = jnp.linspace(0.02, 1.0, 16)
     sde = SDES[name]
-    score = jax.jit(sde_method(name).score_fn({}, labels, guidance_scale=w))(x, t)
+    score = jax.jit(sde_method(name).score_fn({}, labels, G(guidance_scale=w)))(x, t)
     expected = guided_closed_form(x, sde.alpha(t), sde.sigma(t), labels, w)
     np.testing.assert_allclose(score, expected, rtol=1e-3, atol=1e-3)  # float32 t(sigma(t))
 
@@ -101,8 +107,8 @@ def test_negative_label_replaces_the_unconditional_branch():
     x, labels = _inputs()
     t = jnp.linspace(0.02, 1.0, 16)
     sde, w = SDES["vp"], 2.5
-    score = jax.jit(sde_method("vp").score_fn({}, labels, guidance_scale=w,
-                                                negative_label=1))(x, t)
+    score = jax.jit(sde_method("vp").score_fn({}, labels, G(guidance_scale=w,
+                                                              negative_label=1)))(x, t)
     scores, _ = closed_form_scores(x, sde.alpha(t), sde.sigma(t))
     expected = (1.0 - w) * scores[1] + w * scores[np.asarray(labels), np.arange(16)]
     np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-4)
@@ -113,7 +119,7 @@ def test_ddpm_guidance_interval_is_in_the_sigma_of_the_timestep():
     x, labels = _inputs()
     t = 30.0 + 64.0 * jnp.arange(16, dtype=jnp.float32)
     method, w = ddpm_method(), 3.0
-    eps = lambda **guide: jax.jit(method.eps_fn({}, labels, **guide))(x, t)  # noqa: E731
+    eps = lambda **guide: jax.jit(method.eps_fn({}, labels, G(**guide)))(x, t)  # noqa: E731
     limited = eps(guidance_scale=w, guidance_sigma_lo=0.5, guidance_sigma_hi=5.0)
     ab = np.asarray(SCHEDULE.alpha_bars, np.float64)[np.asarray(t, int)]
     inside = (np.sqrt((1 - ab) / ab) >= 0.5) & (np.sqrt((1 - ab) / ab) <= 5.0)
@@ -136,7 +142,7 @@ def test_caption_guidance_is_from_the_empty_caption_or_the_negative_prompt(negat
                   caption_length=length)
     x, _ = _inputs(2)
     tokens = jnp.asarray(text.tokenize_all(["a red circle", "a green triangle"], length))
-    eps = method.eps_fn({}, tokens, guidance_scale=w, negative_prompt=negative_prompt)(
+    eps = method.eps_fn({}, tokens, G(guidance_scale=w, negative_prompt=negative_prompt))(
         x, jnp.full((2,), 10.0))
     m_c = np.mean(np.asarray(tokens), axis=1, keepdims=True)
     m_u = np.mean(text.tokenize(negative_prompt, length))  # the empty caption: all PAD = 0
@@ -144,9 +150,9 @@ def test_caption_guidance_is_from_the_empty_caption_or_the_negative_prompt(negat
 
 
 def _samples(method, x_init, cond, options, **guide):
-    out = jax.jit(lambda rng, cond: method.sample({}, rng, x_init, cond, **options, **guide))(
+    sampler = method.sampler(**options, **guide)
+    return jax.jit(lambda rng, cond: method.sample({}, rng, x_init, cond, sampler=sampler)[0])(
         jax.random.key(2), cond)
-    return out[0] if isinstance(out, tuple) else out
 
 
 def _assert_scale_zero_samples_the_null_label(method, options):
@@ -160,7 +166,7 @@ def _assert_scale_zero_samples_the_null_label(method, options):
 
 
 # One sampler of each code path: the DDPM chains call eps_fn, the EDM fast samplers (all of
-# edm.FAST_SAMPLERS, deterministic or not) the denoiser; score-SDE PC and ODE call score_fn.
+# samplers.solvers.SOLVERS, deterministic or not) the denoiser; score-SDE PC and ODE call score_fn.
 @pytest.mark.parametrize("options", [
     dict(method="ancestral", num_steps=50), dict(method="ddim", num_steps=20),
     dict(method="heun", num_steps=10), dict(method="dpm_solver_pp_2m_sde", num_steps=10),
@@ -205,10 +211,10 @@ def test_guidance_on_an_unconditional_model_is_a_value_error():
     x_init, _ = _inputs()
     unconditional = ddpm_method(analytic.gaussian(jnp.zeros(2), jnp.eye(2)), num_classes=0)
     with pytest.raises(ValueError, match="conditional model"):
-        unconditional.sample({}, jax.random.key(0), x_init, method="ddim", guidance_scale=2.0)
+        sample(unconditional, {}, jax.random.key(0), x_init, method="ddim", guidance_scale=2.0)
     method = ScoreSDE(model=ExactScoreNetwork(SDES["vp"]), sde=SDES["vp"], image_shape=(2,))
     with pytest.raises(ValueError, match="conditional model"):
-        method.sample({}, jax.random.key(0), x_init, method="heun", guidance_scale=2.0)
+        sample(method, {}, jax.random.key(0), x_init, method="heun", guidance_scale=2.0)
 
 
 @pytest.mark.parametrize("family", ["ddpm", "score_sde"])
@@ -233,10 +239,9 @@ def _assert_guides_and_scale_one_is_the_unguided_program(config, options):
     labels = jnp.arange(b, dtype=jnp.int32)
 
     def run(**guide):
-        lowered = jax.jit(lambda p: method.sample(p, jax.random.key(6), x_init, labels,
-                                                  **options, **guide)).lower(params)
-        out = lowered.compile()(params)
-        return np.asarray(out[0] if isinstance(out, tuple) else out), lowered.as_text()
+        lowered = jax.jit(lambda p: sample(method, p, jax.random.key(6), x_init, labels,
+                                           **options, **guide)).lower(params)
+        return np.asarray(lowered.compile()(params)), lowered.as_text()
 
     pair = f"tensor<{2 * b}x8x8x1xf32>"  # the conditional and unconditional inputs, batched
     plain, plain_program = run()

@@ -66,18 +66,6 @@ def test_frechet_distance_is_symmetric_for_full_covariances():
         frechet.frechet_distance(*stats2, *stats1), rel=1e-8)
 
 
-def test_running_statistics_over_batches_equal_one_shot_statistics():
-    features = np.random.default_rng(0).normal(loc=100.0, size=(317, 12))
-    running = frechet.RunningStatistics()
-    for start in range(0, len(features), 50):
-        running.update(features[start:start + 50])
-    mu, sigma = running.statistics()
-    mu_ref, sigma_ref = frechet.feature_statistics(features)
-    assert running.count == 317
-    np.testing.assert_allclose(mu, mu_ref, rtol=1e-12)
-    np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-9, atol=1e-12)
-
-
 def test_statistics_npz_round_trip_uses_pytorch_fid_keys(tmp_path):
     mu, sigma = frechet.feature_statistics(np.random.default_rng(0).normal(size=(50, 5)))
     path = tmp_path / "stats.npz"

@@ -6,7 +6,7 @@ import pytest
 
 from diffusion_jax.models import ncsnpp
 from diffusion_jax.models.ncsnpp import GaussianFourierProjection, NCSNpp, ResnetBlockBigGANpp
-from diffusion_jax.models.unet import count_params
+from diffusion_jax.model_size import count_params
 
 PAPER_COUNTS = [  # /work/shared/REFERENCE.md, CIFAR-10 32x32x3
     ("DDPM++ cont.", ncsnpp.ddpmpp_cifar10_kwargs(), 61_804_419),

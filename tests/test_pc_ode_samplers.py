@@ -9,7 +9,7 @@ import pytest
 
 from diffusion_jax import analytic
 from diffusion_jax.processes import sde as sde_lib
-from diffusion_jax.samplers import ode, pc, pc_inverse
+from diffusion_jax.samplers import editing, ode, pc
 
 MIXTURE = analytic.GaussianMixture(
     jnp.array([0.3, 0.7]), jnp.array([[-1.5, 0.5], [1.0, -0.5]]),
@@ -173,7 +173,10 @@ def test_ode_encode_inverts_ode_sample():
     x_T = sde.prior_sampling(jax.random.key(5), (16, 2))
     x0, _ = jax.jit(lambda x: ode.ode_sample(score, sde, None, x.shape, x_init=x, method="rk4",
                                              num_steps=100))(x_T)
-    z, _ = jax.jit(lambda x: ode.ode_encode(score, sde, x, method="rk4", num_steps=100))(x0)
+    drift = sde.probability_flow_drift(score)
+    encode = lambda x: ode.ode_solve(lambda y, t: drift(y, jnp.full(y.shape[:1], t)), x, 1e-3,
+                                     sde.T, method="rk4", num_steps=100)
+    z, _ = jax.jit(encode)(x0)
     np.testing.assert_allclose(z, x_T, atol=2e-3)
 
 
@@ -217,22 +220,24 @@ def test_inpainting_keeps_known_pixels_and_samples_the_exact_conditional():
     x_known = jnp.zeros((NUM_SAMPLES, 3)).at[:, 2].set(0.9)
     mask = jnp.arange(3) == 2
     score = _conditional_score(sde, MEAN3, COV3, known, y_known, jnp.eye(3))
-    x, _ = jax.jit(lambda rng: pc_inverse.pc_inpaint(score, sde, rng, x_known, mask,
-                                                     num_steps=300))(jax.random.key(6))
+    x, _ = jax.jit(lambda rng: pc.pc_replace(score, sde, rng, x_known, mask,
+                                             num_steps=300))(jax.random.key(6))
     np.testing.assert_array_equal(x[:, 2], x_known[:, 2])
     cond_mean, cond_cov, unknown = _conditional_gaussian(MEAN3, COV3, known, y_known)
     _assert_gaussian_statistics(x[:, unknown], cond_mean, cond_cov)
 
 
 def test_colorization_keeps_the_gray_level_and_samples_the_exact_conditional():
-    sde, q = sde_lib.VESDE(), np.asarray(pc_inverse.COLOR_BASIS)
+    sde, q = sde_lib.VESDE(), np.asarray(editing.COLOR_BASIS)
     np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-6)
     gray = jnp.full((NUM_SAMPLES, 1, 1, 1), 0.3)
     y_known = np.array([0.3 * np.sqrt(3.0)])  # the grey coordinate (r + g + b) / sqrt(3)
     mean_q, cov_q = MEAN3 @ q, q.T @ COV3 @ q
     score = _conditional_score(sde, mean_q, cov_q, np.array([0]), y_known, jnp.asarray(q))
-    x, _ = jax.jit(lambda rng: pc_inverse.pc_colorize(
-        score, sde, rng, gray, num_steps=300, **pc.paper_defaults(sde)))(jax.random.key(7))
+    rgb = jnp.broadcast_to(gray, gray.shape[:-1] + (3,))
+    x, _ = jax.jit(lambda rng: pc.pc_replace(
+        score, sde, rng, rgb, editing.COLOR_MASK, editing.COLOR_BASIS, num_steps=300,
+        **pc.paper_defaults(sde)))(jax.random.key(7))
     assert x.shape == (NUM_SAMPLES, 1, 1, 3)
     np.testing.assert_allclose(x.mean(-1), gray[..., 0], atol=1e-5)
     cond_mean, cond_cov, unknown = _conditional_gaussian(mean_q, cov_q, np.array([0]), y_known)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import ROOT  # noqa: F401  (puts the repo root on sys.path)
+from helpers import edit
 from test_pc_ode_samplers import MIXTURE, assert_mixture_statistics, mixture_score
 
 from configs.score_sde import (cifar10_ddpmpp_continuous, cifar10_ddpmpp_deep_continuous,
@@ -19,9 +19,9 @@ from configs.score_sde import (cifar10_ddpmpp_continuous, cifar10_ddpmpp_deep_co
 from diffusion_jax import analytic, builders, launcher, likelihood
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.score_sde import ScoreSDE
-from diffusion_jax.models.unet import count_params
+from diffusion_jax.model_size import count_params
 from diffusion_jax.processes import sde as sde_lib
-from diffusion_jax.samplers import pc_inverse
+from diffusion_jax.samplers import pc
 
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE(), "ve": sde_lib.VESDE(sigma_max=20.0)}
 
@@ -66,8 +66,8 @@ def test_score_and_denoiser_of_the_network_are_exact(name):
         method.score_fn({})(x, t),
         MIXTURE.vp_score(x, sde.alpha(t), sde.sigma(t)), rtol=1e-3, atol=1e-4)
     for sigma in (0.05, 0.7, 5.0):
-        np.testing.assert_allclose(method.denoiser({})(x, sigma), MIXTURE.denoiser(x, sigma),
-                                   rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(method.conditional_denoiser({})(x, sigma),
+                                   MIXTURE.denoiser(x, sigma), rtol=1e-3, atol=1e-4)
 
 
 SAMPLER_CASES = [
@@ -85,7 +85,9 @@ SAMPLER_CASES = [
 def test_every_sampler_of_the_method_reproduces_the_mixture(name, options, nfe):
     method = exact_method(SDES[name])
     x_init = jax.random.normal(jax.random.key(1), (2000, 2))
-    x, stats = jax.jit(lambda rng: method.sample({}, rng, x_init, **options))(jax.random.key(2))
+    sampler = method.sampler(**options)
+    x, stats = jax.jit(lambda rng: method.sample({}, rng, x_init, sampler=sampler))(
+        jax.random.key(2))
     assert int(stats["nfe"]) == nfe
     assert_mixture_statistics(x)
 
@@ -93,8 +95,9 @@ def test_every_sampler_of_the_method_reproduces_the_mixture(name, options, nfe):
 def test_adaptive_ode_reports_its_evaluations():
     method = exact_method(SDES["vp"])
     x_init = jax.random.normal(jax.random.key(3), (2000, 2))
-    x, stats = jax.jit(lambda rng: method.sample({}, rng, x_init, method="ode", rtol=1e-4,
-                                                 atol=1e-4))(jax.random.key(4))
+    sampler = method.sampler(method="ode", rtol=1e-4, atol=1e-4)
+    x, stats = jax.jit(lambda rng: method.sample({}, rng, x_init, sampler=sampler))(
+        jax.random.key(4))
     assert 14 < int(stats["nfe"]) < 1000
     assert_mixture_statistics(x)
 
@@ -110,11 +113,11 @@ def test_inpainting_keeps_the_known_pixel_and_is_pc_replacement():
     x = jnp.zeros((64, 2)).at[:, 1].set(0.9)
     mask = jnp.broadcast_to(jnp.array([0.0, 1.0]), (64, 2))
     rng = jax.random.key(5)
-    out = method.edit({}, rng, x, mask, task="inpaint", num_steps=50)
+    out = edit(method, {}, rng, x, mask, task="inpaint", num_steps=50)
     np.testing.assert_array_equal(out[:, 1], x[:, 1])
     assert float(out[:, 0].std()) > 0.1
-    direct, _ = pc_inverse.pc_inpaint(method.score_fn({}), method.sde, rng, x, mask > 0.5,
-                                      num_steps=50)
+    direct, _ = pc.pc_replace(method.score_fn({}), method.sde, rng, x, mask > 0.5,
+                              num_steps=50)
     np.testing.assert_array_equal(out, direct)
 
 
@@ -123,12 +126,12 @@ def test_sdedit_strength_zero_returns_the_input_and_one_samples_the_data(sampler
     method = exact_method(SDES["subvp"])
     x = jnp.full((2000, 2), 3.0)
     options = dict(method=sampler, num_steps=200, ode_solver="heun", task="sdedit")
-    same = method.edit({}, jax.random.key(6), x, None, strength=0.0, **options)
+    same = edit(method, {}, jax.random.key(6), x, None, strength=0.0, **options)
     np.testing.assert_array_equal(same, x)
-    out = jax.jit(lambda rng: method.edit({}, rng, x, None, strength=1.0, **options))(
+    out = jax.jit(lambda rng: edit(method, {}, rng, x, None, strength=1.0, **options))(
         jax.random.key(7))
     assert_mixture_statistics(out)
-    half = method.edit({}, jax.random.key(8), x, None, strength=0.5, **options)
+    half = edit(method, {}, jax.random.key(8), x, None, strength=0.5, **options)
     assert 0 < float(jnp.mean(jnp.abs(half - x))) < float(jnp.mean(jnp.abs(out - x)))
 
 
@@ -136,21 +139,21 @@ def test_edit_rejects_what_it_cannot_do():
     method = exact_method(SDES["vp"])
     x = jnp.zeros((4, 2))
     with pytest.raises(ConfigError, match="valid: inpaint, sdedit, colorize"):
-        method.edit({}, jax.random.key(0), x, None, task="outpaint")
+        edit(method, {}, jax.random.key(0), x, None, task="outpaint")
     with pytest.raises(ConfigError, match="valid: sdedit"):
-        method.edit({}, jax.random.key(0), x, x, task="inpaint", method="ode")
+        edit(method, {}, jax.random.key(0), x, x, task="inpaint", method="ode")
     with pytest.raises(ConfigError, match="valid: inpaint, sdedit"):
-        method.edit({}, jax.random.key(0), x, x, task="colorize", method="heun")
+        edit(method, {}, jax.random.key(0), x, x, task="outpaint", method="heun")
     with pytest.raises(ConfigError, match="colorize needs RGB"):
-        method.edit({}, jax.random.key(0), x[..., None], None, task="colorize")
+        edit(method, {}, jax.random.key(0), x[..., None], None, task="colorize")
 
 
 def test_fast_sampler_inpainting_through_the_denoiser_keeps_the_known_pixel():
     method = exact_method(SDES["ve"], analytic.gaussian(GAUSS_MEAN, GAUSS_COV))
     x = jnp.zeros((256, 2)).at[:, 1].set(0.9)
     mask = jnp.broadcast_to(jnp.array([False, True]), (256, 2))
-    out = method.edit({}, jax.random.key(11), x, mask, task="inpaint", method="heun",
-                      num_steps=18, eps=1e-5)
+    out = edit(method, {}, jax.random.key(11), x, mask, task="inpaint", method="heun",
+               num_steps=18, eps=1e-5)
     np.testing.assert_array_equal(out[:, 1], x[:, 1])
     assert float(out[:, 0].std()) > 0.1
 
@@ -169,7 +172,7 @@ def test_bits_per_dim_of_gaussian_data_matches_the_analytic_value(name):
     x_deq = likelihood.dequantize(jax.random.split(rng)[0], x, levels)
     a, s = float(sde.alpha(jnp.array(eps))), float(sde.sigma(jnp.array(eps)))
     p_eps = analytic.gaussian(a * GAUSS_MEAN, a**2 * GAUSS_COV + s**2 * jnp.eye(2))
-    expected = likelihood.bits_per_dim(p_eps.log_prob(x_deq), 2, levels)
+    expected = likelihood.log_likelihood_to_bits_per_dim(p_eps.log_prob(x_deq), 2, levels)
     np.testing.assert_allclose(bpd, expected, rtol=1e-2)
     assert int(nfe) > 0
 

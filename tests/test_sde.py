@@ -151,10 +151,8 @@ def test_noise_conditioning_names_and_jit():
     np.testing.assert_allclose(sde_lib.SubVPSDE().noise_conditioning(t), [0.0, 499.5, 999.0])
     np.testing.assert_allclose(sde_lib.VESDE().noise_conditioning(t), [0.01, math.sqrt(0.5), 50.0],
                                rtol=1e-5)
-    assert isinstance(sde_lib.make_sde("vesde", sigma_max=10.0), sde_lib.VESDE)
-    assert sde_lib.make_sde("vpsde").beta_max == 20.0
-    with pytest.raises(ValueError, match="subvpsde"):
-        sde_lib.make_sde("cosine")
+    assert isinstance(sde_lib.SDES["vesde"](sigma_max=10.0), sde_lib.VESDE)
+    assert sde_lib.SDES["vpsde"]().beta_max == 20.0
     # SDEs pass through jit as arguments (static pytrees) and hash as static arguments.
     f = jax.jit(lambda s, t: s.sigma(t))
     np.testing.assert_allclose(f(sde_lib.VPSDE(), t), sde_lib.VPSDE().sigma(t))

@@ -15,7 +15,8 @@ from diffusion_jax import builders, parallel
 from diffusion_jax import workdir as workdir_io
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.models.unet import UNet
-from diffusion_jax.training.loop import abstract_state, call_sizes, initial_state, train
+from diffusion_jax.launcher import train
+from diffusion_jax.training.loop import abstract_state, call_sizes, initial_state
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import jit_train_step, train_step
 

@@ -250,18 +250,16 @@ def trained_text_model(tmp_path_factory):
 
 
 def _colour_accuracy(config, workdir, guidance_scale):
-    from diffusion_jax import parallel, sampling
-    from diffusion_jax.training.loop import restore_state
+    from diffusion_jax import builders, parallel, runs, sampling
 
     mesh = parallel.make_mesh(jax.devices()[:1])
-    method, state = restore_state(config, workdir, mesh)
+    method, state = runs.restore(config, workdir, mesh)
     captions = [shapes.caption(c, s, "on the left") for c in shapes.COLOURS
                 for s in ("square", "circle")]
     conditions = np.repeat(text.tokenize_all(captions, L), 32, axis=0)
-    options = dict(sampling.sampler_options(method, config.sampling),
-                   guidance_scale=guidance_scale)
+    sampler = builders.build_sampler(config, method).replace(guidance_scale=guidance_scale)
     images = sampling.generate(method, state.params, jax.random.key(7), len(conditions), 96,
-                               mesh, options, conditions=conditions)
+                               mesh, sampler, conditions=conditions)
     colour, _ = shapes.attributes([text.detokenize(c) for c in conditions])
     return {margin: float(np.mean(shapes.colour_of(images, margin) == colour))
             for margin in (0.0, 0.1)}

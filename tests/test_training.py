@@ -10,7 +10,8 @@ import pytest
 
 from diffusion_jax import builders, parallel, workdir as workdir_io
 from diffusion_jax.data import digits
-from diffusion_jax.training.loop import initial_state, train
+from diffusion_jax.launcher import train
+from diffusion_jax.training.loop import initial_state
 from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.step import jit_train_step
 from helpers import tiny_ddpm_config

@@ -3,7 +3,7 @@ and Fig. 3: the l2 row of the metric ablation).
 
 As `cifar10_cd_lpips.py` with `consistency.distance = "l2"` (mean squared error over the
 pixels, as the reference code's `mean_flat`); no LPIPS weights needed. Pass the teacher's work
-directory as `--config.training.teacher_checkpoint=DIR`.
+directory as `--config.consistency.teacher_workdir=DIR`.
 """
 from configs import base
 

@@ -3,7 +3,7 @@ version of `cifar10_cd_l2.py` (Song et al. 2023), in minutes on 2 cores.
 
 Train the teacher first (`python3 launch.py --config=configs/edm/digits.py --workdir=T`), then
 `python3 launch.py --config=configs/consistency/digits_cd.py
---config.training.teacher_checkpoint=T --workdir=S`. The student has the teacher's network
+--config.consistency.teacher_workdir=T --workdir=S`. The student has the teacher's network
 (`configs/edm/digits.py`: 188,769 parameters) and starts from its weights; N = 18, Heun teacher
 step, mu = 0, squared L2 distance, RAdam 1e-4 (the CIFAR-10 4e-4 is too aggressive for a
 student that starts at its teacher), 1000 steps of batch 128. Sampling: one step;

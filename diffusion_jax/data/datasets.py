@@ -90,5 +90,12 @@ def open_dataset(name: str, split: str, *, data_dir: Optional[str] = None,
     return spec, source, decode
 
 
+def first_images(name: str, split: str, count: int, *, data_dir: Optional[str] = None,
+                 download: bool = False) -> np.ndarray:
+    """The first `count` images of `split` (all, when it has fewer), in [-1, 1]."""
+    _, source, decode = open_dataset(name, split, data_dir=data_dir, download=download)
+    return np.stack([decode(source[i])[0] for i in range(min(count, len(source)))])
+
+
 def _identity_example(example):
     return example["image"], np.asarray(example["label"], np.int32)

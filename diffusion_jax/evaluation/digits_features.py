@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from diffusion_jax.evaluation.features import batched_feature_fn, load_variables, save_variables
+from diffusion_jax.evaluation.features import batched_feature_fn
+from diffusion_jax.weight_files import load_variables, save_variables
 from diffusion_jax.parallel import DATA_AXIS
 
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",

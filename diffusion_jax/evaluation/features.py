@@ -1,14 +1,12 @@
-"""What the evaluation feature networks share: flat `.npz` weight files and batched extraction.
+"""What the evaluation feature networks share: batched extraction (their weight files:
+`diffusion_jax.weight_files`).
 
-A weight file is an `.npz` whose keys are '/'-joined variable paths
-('params/Mixed_5b/branch1x1/conv/kernel', 'batch_stats/.../mean'), float32 arrays.
 Extraction runs one jitted program on fixed-size batches (the last one zero-padded, so any
 number of images compiles once); given a `Mesh`, each batch is split over its data axis and the
 variables are replicated.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import jax
@@ -17,37 +15,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion_jax.parallel import DATA_AXIS, to_host
-
-
-def flatten_variables(variables) -> dict[str, np.ndarray]:
-    """Nested variables -> {'collection/module/.../leaf': float32 array}."""
-    return {"/".join(str(k.key) for k in path): np.asarray(leaf, np.float32)
-            for path, leaf in jax.tree.flatten_with_path(variables)[0]}
-
-
-def unflatten_variables(flat) -> dict:
-    """Inverse of `flatten_variables`."""
-    variables: dict = {}
-    for name, value in flat.items():
-        node = variables
-        *parents, leaf = name.split("/")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = jnp.asarray(value)
-    return variables
-
-
-def save_variables(path, variables) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **flatten_variables(variables))
-
-
-def load_variables(path, missing_message: str) -> dict:
-    """Reads a weight file; a missing file raises FileNotFoundError with `missing_message`."""
-    if not path or not os.path.exists(path):
-        raise FileNotFoundError(f"{missing_message} (looked for {path!r})")
-    with np.load(path) as data:
-        return unflatten_variables({name: data[name] for name in data.files})
 
 
 def _global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:

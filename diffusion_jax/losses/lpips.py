@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.evaluation.features import flatten_variables, load_variables, save_variables
+from diffusion_jax.weight_files import flatten_variables, load_variables, save_variables
 
 WEIGHTS_CONFIG_KEY = "consistency.lpips_weights"
 INPUT_SIZE = 224

@@ -15,13 +15,14 @@ on any backbone. Three training modes (`losses.consistency.consistency_loss`):
 
 Aux state (the method protocol's `init_aux`): `teacher` (CD), `target` (the EMA target network,
 when there is one) and `lpips` (the LPIPS network, when it is the distance), all checkpointed with
-the train state, none trained.
+the train state, none trained. The teacher run and the LPIPS weights are `requirements()` that
+the launcher layer restores.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -30,18 +31,19 @@ import numpy as np
 from diffusion_jax import preconditioning
 from diffusion_jax.denoisers import call
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.losses import consistency as objectives
-from diffusion_jax.methods.edm import edit_with_sampler
-from diffusion_jax.methods.network import apply_network, init_network
-from diffusion_jax.samplers import consistency as sampler
+from diffusion_jax.losses import consistency as objectives, lpips
+from diffusion_jax.methods.base import RunWeights, WeightsFile
+from diffusion_jax.methods.network import NetworkMethod
+from diffusion_jax.samplers import consistency as sampler_lib
+from diffusion_jax.samplers import editing
+from diffusion_jax.samplers.sampler import Sampler
 
 TRAINING_MODES = ("cd", "ct", "ict")
-SAMPLERS = ("onestep", "multistep")
 SPREAD_SAMPLES = 32  # the fixed noise batch of the collapse guard (`onestep_spread`)
 
 
 @dataclasses.dataclass(frozen=True)
-class Consistency:
+class Consistency(NetworkMethod):
     """A consistency model on backbone `model` (apply(params, x, c_noise, cond, train))."""
 
     model: Any
@@ -56,7 +58,7 @@ class Consistency:
     huber_c: float = 0.0  # 0: 0.00054 sqrt(d)
     weighting: str = "uniform"
     num_scales: int = 18  # CD's N
-    teacher: Any = None  # CD: the teacher method (has conditional_denoiser)
+    teacher: Any = None  # CD: the teacher method (a Method with a denoiser)
     teacher_workdir: str = ""
     teacher_solver: str = "heun"
     target_ema: float = 0.0  # CD's mu
@@ -69,16 +71,11 @@ class Consistency:
     P_std: float = 2.0
     lpips_weights: str = ""
     lpips_resize: int = 224  # images are resized bilinearly to this size before LPIPS
+    caption_length: int = 0
+
+    default_sampler: ClassVar[Sampler] = Sampler(method="onestep", num_steps=1)
 
     # --- network and consistency function -------------------------------------------------
-    def init_params(self, rng: jax.Array):
-        return init_network(self.model, rng, self.image_shape, jnp.zeros((1,)),
-                            self.num_classes)
-
-    def apply(self, params, x, c_noise, cond=None, *, train: bool = False, rng=None):
-        """The raw backbone F(x_in, c_noise[, cond])."""
-        return apply_network(self.model, params, x, c_noise, cond, train=train, rng=rng)
-
     def consistency_fn(self, params, *, train: bool = False, rng=None):
         """f(x, sigma[, cond]) = c_skip x + c_out F(c_in x, c_noise[, cond])."""
         F = lambda x, c_noise, cond=None: self.apply(params, x, c_noise, cond, train=train,
@@ -92,51 +89,45 @@ class Consistency:
         return ((self.training_mode == "ct" and self.mu0 > 0)
                 or (self.training_mode == "cd" and self.target_ema > 0))
 
+    def requirements(self) -> dict:
+        """CD: the teacher run's EMA weights; the LPIPS distance: its weights file."""
+        needs = {}
+        if self.training_mode == "cd":
+            needs["teacher"] = RunWeights(self.teacher_workdir)
+        if self.distance == "lpips":
+            needs["lpips"] = WeightsFile("lpips", self.lpips_weights)
+        return needs
+
     def init_aux(self, params, rng):
-        """Shapes of the aux state; the teacher and LPIPS weights are filled by `load_aux`."""
+        """Shapes of the aux state; the teacher and LPIPS weights come from `start`."""
         zeros = lambda shapes: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         aux = {}
         if self.training_mode == "cd":
             if self.teacher is None:
-                raise ConfigError("consistency.training_mode=cd needs training.teacher_checkpoint:"
+                raise ConfigError("consistency.training_mode=cd needs consistency.teacher_workdir:"
                                   " the work directory of a trained teacher (edm, score_sde or "
                                   "ddpm)")
             aux["teacher"] = zeros(jax.eval_shape(self.teacher.init_params, rng))
         if self.has_target_ema:
             aux["target"] = jax.tree.map(jnp.copy, params)
         if self.distance == "lpips":
-            from diffusion_jax.losses import lpips
-
             if not self.lpips_weights:
                 raise ConfigError("consistency.distance=lpips needs consistency.lpips_weights: "
                                   "the .npz made by tools/convert_lpips_weights.py")
             aux["lpips"] = zeros(lpips.abstract_lpips_params())
         return aux
 
-    def load_aux(self, aux):
-        """Restore the teacher's EMA weights from `teacher_workdir` and the LPIPS weights."""
-        aux = dict(aux)
-        if self.training_mode == "cd":
-            from diffusion_jax.training.loop import restore_run
-
-            _, _, teacher_state = restore_run(self.teacher_workdir)
-            _check_same_tree("the teacher checkpoint", teacher_state.ema_params, aux["teacher"])
-            aux["teacher"] = teacher_state.ema_params
-            if self.init_from_teacher and self.has_target_ema:
-                aux["target"] = jax.tree.map(jnp.copy, teacher_state.ema_params)
-        if self.distance == "lpips":
-            from diffusion_jax.losses import lpips
-
-            aux["lpips"] = lpips.load_lpips_params(self.lpips_weights)
-        return aux
-
-    def initial_params(self, params, aux):
-        """The student starts from the teacher's weights with `init_from_teacher`."""
-        if not self.init_from_teacher:
-            return params
-        _check_same_tree("training.init_from_teacher: the teacher's network", aux["teacher"],
-                         params)
-        return jax.tree.map(jnp.copy, aux["teacher"])
+    def start(self, params, aux, resources):
+        """The restored teacher and LPIPS weights into aux; with `init_from_teacher` the student
+        (and its target network) start from the teacher's weights."""
+        aux = {**aux, **resources}
+        if self.init_from_teacher:
+            _check_same_tree("consistency.init_from_teacher: the teacher's network",
+                             aux["teacher"], params)
+            params = jax.tree.map(jnp.copy, aux["teacher"])
+            if self.has_target_ema:
+                aux["target"] = jax.tree.map(jnp.copy, params)
+        return params, aux
 
     def update_aux(self, aux, params, step):
         """theta- <- mu theta- + (1 - mu) theta after each step: mu(k) of CT, `target_ema` of CD."""
@@ -166,8 +157,6 @@ class Consistency:
 
     def _distance(self, aux):
         if self.distance == "lpips":
-            from diffusion_jax.losses import lpips
-
             return lpips.lpips_distance_fn(aux["lpips"], resize_to=self.lpips_resize)
         c = self.huber_c or objectives.default_huber_c(int(np.prod(self.image_shape)))
         return objectives.distance_fn(self.distance, c)
@@ -184,7 +173,7 @@ class Consistency:
                  jnp.full((n,), self.sigma_max), cond)
         return objectives.spread(x) / objectives.spread(batch["image"])
 
-    def loss(self, params, batch: dict, rng: jax.Array, *, aux, step):
+    def loss(self, params, batch: dict, rng: jax.Array, aux, step):
         """Batch mean of the consistency loss; online and target share the dropout key (Song &
         Dhariwal 2023, Sec. 3.1). Metrics: N and `onestep_spread` (the collapse guard)."""
         dropout_rng, loss_rng = jax.random.split(rng)
@@ -204,34 +193,31 @@ class Consistency:
                                        "onestep_spread": self.onestep_spread(params, batch)}
 
     # --- sampling and editing -----------------------------------------------------------
-    def _grid(self, method: str, num_steps: int, sigmas: Sequence[float]):
-        if method not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {method!r} for consistency models; valid: "
-                              f"{', '.join(SAMPLERS)}")
-        if method == "onestep":
-            return sampler.consistency_sigmas(1, self.sigma_min, self.sigma_max, self.rho)
-        return sampler.consistency_sigmas(num_steps, self.sigma_min, self.sigma_max, self.rho,
-                                          tuple(sigmas))
+    def chains(self) -> dict:
+        return {"onestep": (self._sample, self._edit), "multistep": (self._sample, self._edit)}
 
-    def sample(self, params, rng, x_init, cond=None, *, aux, method: str = "onestep",
-               num_steps: int = 1, sigmas: Sequence[float] = ()):
-        """Images from standard-normal `x_init`: one step f(sigma_max z, sigma_max), or
-        'multistep' over `sigmas` (explicit, decreasing) or the first `num_steps` levels of
-        the rho grid (Algorithm 1). Returns (images, {"nfe": evaluations})."""
-        grid = self._grid(method, num_steps, sigmas)
-        images = sampler.consistency_sample(self.consistency_fn(params), rng, x_init.shape,
-                                            sigmas=grid, sigma_min=self.sigma_min,
-                                            x_init=grid[0] * x_init, cond=cond)
+    def _grid(self, sampler: Sampler):
+        """'onestep': (sigma_max, 0); 'multistep': `sigmas` (explicit, decreasing) or the first
+        `num_steps` levels of the rho grid, then 0."""
+        if sampler.method == "onestep":
+            return sampler_lib.consistency_sigmas(1, self.sigma_min, self.sigma_max, self.rho)
+        return sampler_lib.consistency_sigmas(sampler.num_steps, self.sigma_min, self.sigma_max,
+                                              self.rho, tuple(sampler.sigmas))
+
+    def _sample(self, params, rng, x_init, cond, aux, sampler: Sampler):
+        """One step f(sigma_max z, sigma_max), or multistep consistency sampling (Algorithm 1)."""
+        grid = self._grid(sampler)
+        images = sampler_lib.consistency_sample(self.consistency_fn(params), rng, x_init.shape,
+                                                sigmas=grid, sigma_min=self.sigma_min,
+                                                x_init=grid[0] * x_init, cond=cond)
         return images, {"nfe": jnp.float32(grid.shape[0] - 1)}
 
-    def edit(self, params, rng, x, mask, cond=None, *, aux, task: str, strength: float,
-             method: str = "multistep", num_steps: int = 1, sigmas: Sequence[float] = ()):
-        """Inpainting (known pixels kept at every step) or SDEdit through multistep consistency
-        sampling (Song et al. 2023, Sec. 6.3 and Algorithm 4)."""
-        grid = self._grid(method, num_steps, sigmas)
-        sample_fn = functools.partial(sampler.consistency_sample, sigma_min=self.sigma_min)
-        return edit_with_sampler(sample_fn, grid, self.consistency_fn(params), rng, x, mask,
-                                 cond, task=task, strength=strength)
+    def _edit(self, params, rng, x, mask, cond, aux, sampler: Sampler, task, strength):
+        """Inpainting and colourisation (known part kept at every step) or SDEdit through
+        multistep consistency sampling (Song et al. 2023, Sec. 6.3 and Algorithm 4)."""
+        sample_fn = functools.partial(sampler_lib.consistency_sample, sigma_min=self.sigma_min)
+        return editing.edit(sample_fn, self._grid(sampler), self.consistency_fn(params), rng, x,
+                            mask, cond, task=task, strength=strength)
 
 
 def _check_same_tree(what: str, source, expected) -> None:

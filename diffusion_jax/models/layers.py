@@ -46,11 +46,14 @@ def group_norm(dtype: Dtype, num_groups: int = 32, name: Optional[str] = None) -
     return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype, name=name)
 
 
-def group_count(channels: int, max_groups: int = 32) -> int:
-    """GroupNorm groups for `channels`: 32 (Ho et al.) at the paper widths, fewer in narrow
+def group_count(channels: int, max_groups: int = 32, num_groups: int = 0) -> int:
+    """GroupNorm groups for `channels`: `num_groups` in every layer when it is > 0 (Ho et al.'s
+    32, diffusers' `norm_num_groups`); otherwise 32 at the paper widths, fewer in narrow
     layers so that every group keeps at least 4 channels (score_sde's min(C // 4, 32)), and a
     divisor of C. With one channel per group, GroupNorm would subtract each channel's spatial
     mean and with it the per-channel time and label embedding that the residual block adds."""
+    if num_groups > 0:
+        return num_groups
     return math.gcd(channels, max(1, min(max_groups, channels // 4)))
 
 
@@ -63,14 +66,15 @@ class ResnetBlock(nn.Module):
     out_ch: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    num_groups: int = 0  # GroupNorm groups; 0 = `group_count`'s rule
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
         in_ch = x.shape[-1]
-        h = nn.silu(group_norm(self.dtype, group_count(in_ch))(x))
+        h = nn.silu(group_norm(self.dtype, group_count(in_ch, num_groups=self.num_groups))(x))
         h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
         h = h + nn.Dense(self.out_ch, dtype=self.dtype)(nn.silu(temb))[:, None, None, :]
-        h = nn.silu(group_norm(self.dtype, group_count(self.out_ch))(h))
+        h = nn.silu(group_norm(self.dtype, group_count(self.out_ch, num_groups=self.num_groups))(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zero_init)(h)
         if in_ch != self.out_ch:
@@ -83,11 +87,12 @@ class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels with a residual connection (Ho et al.)."""
 
     dtype: Dtype = jnp.float32
+    num_groups: int = 0  # GroupNorm groups; 0 = `group_count`'s rule
 
     @nn.compact
     def __call__(self, x):
         b, hgt, wid, c = x.shape
-        h = group_norm(self.dtype, group_count(c))(x)
+        h = group_norm(self.dtype, group_count(c, num_groups=self.num_groups))(x)
         qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=default_init, name="qkv")(h).reshape(b, hgt * wid, 3, 1, c)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         h = jax.nn.dot_product_attention(q, k, v).reshape(b, hgt, wid, c)
@@ -95,7 +100,11 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution: a stride-2 3x3 convolution, or 2x2 average pooling."""
+    """Halve the resolution: a stride-2 3x3 convolution, or 2x2 average pooling.
+
+    The convolution pads the input by one pixel at the bottom and right only: TensorFlow's
+    'SAME' padding for an even size, as in Ho et al.'s code (diffusers: `downsample_padding=0`).
+    """
 
     with_conv: bool = True
     dtype: Dtype = jnp.float32
@@ -103,7 +112,7 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x):
         if self.with_conv:
-            return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+            return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=((0, 1), (0, 1)),
                            dtype=self.dtype, kernel_init=default_init)(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 

@@ -3,14 +3,17 @@
 Wide ResNet blocks with GroupNorm, a sinusoidal time embedding through a two-layer MLP
 (ch -> 4 ch), self-attention at the chosen resolutions and in the middle, skip connections
 from every down block to the up path. With ch 128, ch_mult (1, 2, 2, 2), 2 blocks and
-attention at 16x16 on 32x32x3 images it has 35,746,307 parameters, as in the paper.
+attention at 16x16 on 32x32x3 images it has 35,746,307 parameters, as in the paper. The
+stride-2 downsampling convolutions pad the bottom and right only (TensorFlow 'SAME', as Ho et
+al.'s code and diffusers' `UNet2DModel` with `downsample_padding=0`), and GroupNorm has 32
+groups at that width, so the released `google/ddpm-cifar10-32` weights run unchanged
+(`diffusion_jax.importers.diffusers_unet`).
 """
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models.attention import SpatialTransformer, masked_mean
@@ -40,6 +43,7 @@ class UNet(nn.Module):
     out_channels: Optional[int] = None
     dtype: Any = jnp.float32
     remat: bool = False  # recompute residual blocks' activations in the backward pass
+    num_groups: int = 0  # GroupNorm groups in every layer (norm_num_groups); 0: group_count
     cross_attention: bool = False
     num_heads: int = 4  # heads of the cross-attention transformer blocks
     transformer_depth: int = 1
@@ -66,9 +70,10 @@ class UNet(nn.Module):
             if self.cross_attention:
                 return SpatialTransformer(self.num_heads, self.transformer_depth, self.dtype)(
                     h, context, mask)
-            return AttnBlock(self.dtype)(h)
+            return AttnBlock(self.dtype, self.num_groups)(h)
 
-        block = lambda ch: rematerialized(ResnetBlock, self.remat)(ch, self.dropout, self.dtype)
+        block = lambda ch: rematerialized(ResnetBlock, self.remat)(ch, self.dropout, self.dtype,
+                                                                   self.num_groups)
         h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, kernel_init=default_init, name="conv_in")(x.astype(self.dtype))
         skips = [h]
         for level, mult in enumerate(self.ch_mult):
@@ -94,10 +99,6 @@ class UNet(nn.Module):
                 h = Upsample(self.resamp_with_conv, self.dtype)(h)
         assert not skips
 
-        h = nn.silu(group_norm(self.dtype, group_count(h.shape[-1]))(h))
+        h = nn.silu(group_norm(self.dtype, group_count(h.shape[-1], num_groups=self.num_groups))(h))
         h = nn.Conv(out_ch, (3, 3), dtype=self.dtype, kernel_init=zero_init, name="conv_out")(h)
         return h.astype(jnp.float32)
-
-
-def count_params(params) -> int:
-    return sum(int(p.size) for p in jax.tree.leaves(params))

@@ -257,9 +257,3 @@ class VESDE(SDE):
 
 
 SDES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE}
-
-
-def make_sde(name: str, **kwargs) -> SDE:
-    if name not in SDES:
-        raise ValueError(f"unknown SDE {name!r}; valid: {sorted(SDES)}")
-    return SDES[name](**kwargs)

@@ -11,10 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.processes.schedules import DiscreteSchedule, from_betas
+from diffusion_jax.processes.schedules import (DiscreteSchedule, from_betas,
+                                              posterior_mean_coefficients)
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 ANCESTRAL_VARIANCES = ("beta", "beta_tilde")
+DDIM_SPACINGS = ("uniform", "quadratic")
+TIME_SPACINGS = {"uniform": "time_uniform", "quadratic": "time_quadratic"}  # and DPM-Solver's
 
 
 def respace(schedule: DiscreteSchedule, timesteps) -> DiscreteSchedule:
@@ -55,8 +58,8 @@ def ancestral_sample(eps_fn: EpsFn, schedule: DiscreteSchedule, rng: jax.Array, 
         if clip_x0:
             x0 = jnp.clip((x - jnp.sqrt(1 - s.alpha_bars[i]) * eps) / jnp.sqrt(s.alpha_bars[i]),
                           -1, 1)
-            mean = (jnp.sqrt(s.alpha_bars_prev[i]) * s.betas[i] * x0
-                    + jnp.sqrt(s.alphas[i]) * (1 - s.alpha_bars_prev[i]) * x) / (1 - s.alpha_bars[i])
+            c_0, c_t = posterior_mean_coefficients(s, i)
+            mean = c_0 * x0 + c_t * x
         else:
             mean = (x - s.betas[i] / jnp.sqrt(1 - s.alpha_bars[i]) * eps) / jnp.sqrt(s.alphas[i])
         z = jax.random.normal(jax.random.fold_in(loop_rng, i), shape)
@@ -80,6 +83,11 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform")
     else:
         raise ValueError(f"unknown DDIM spacing {spacing!r}; valid: uniform, quadratic")
     return taus.astype(np.int32)
+
+
+def ddim_spacing(spacing: str) -> str:
+    """A time spacing in DDIM's names: 'time_uniform' is 'uniform', 'time_quadratic' 'quadratic'."""
+    return {v: k for k, v in TIME_SPACINGS.items()}.get(spacing, spacing)
 
 
 def ddim_sample(eps_fn: EpsFn, schedule: DiscreteSchedule, rng: jax.Array, shape,

@@ -85,9 +85,3 @@ def ode_sample(score_fn: ScoreFn, sde: SDE, rng: jax.Array, shape, *, eps: float
     x = sde.prior_sampling(rng, shape) if x_init is None else x_init
     t_start = sde.T if t_start is None else t_start
     return ode_solve(_batched(sde.probability_flow_drift(score_fn)), x, t_start, eps, **solver)
-
-
-def ode_encode(score_fn: ScoreFn, sde: SDE, x: jax.Array, *, eps: float = 1e-3,
-               **solver) -> tuple[jax.Array, jax.Array]:
-    """The latent x(T) of data x = x(eps) along the probability-flow ODE, and the NFE."""
-    return ode_solve(_batched(sde.probability_flow_drift(score_fn)), x, eps, sde.T, **solver)

@@ -18,6 +18,8 @@ Correctors:
   of SMLD in the reference code's form);
 - none.
 
+`pc_replace` is conditional sampling by replacement (App. I.2): inpainting and colourisation.
+
 The whole sampler is one `jax.lax.fori_loop`, so it compiles to one program. The score function is
 called as score_fn(x, t) with x (B, ...) and t (B,).
 """
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.processes.sde import SDE, VESDE, ScoreFn, SubVPSDE, VPSDE, expand
+from diffusion_jax.samplers.editing import replace
 
 Update = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 Project = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -143,7 +146,7 @@ def pc_sample(score_fn: ScoreFn, sde: SDE, rng: jax.Array, shape, *,
     discrete predictors and correctors always run the N-step chain of the same continuous SDE.
     With `denoise` the result is the noise-free mean of the last predictor step (Song et al. code).
     `project(rng, x, x_mean, t) -> (x, x_mean)` runs after every corrector and predictor update
-    (the replacement step of conditional sampling, `pc_inverse`). `start_step` > 0 skips the
+    (the replacement step of conditional sampling, `pc_replace`). `start_step` > 0 skips the
     first steps of the grid: x_init is then the state at time linspace(T, eps, num_steps)[start_step]
     (SDEdit).
     """
@@ -170,3 +173,23 @@ def pc_sample(score_fn: ScoreFn, sde: SDE, rng: jax.Array, shape, *,
     x, x_mean = jax.lax.fori_loop(start_step, num_steps, step, (x, x))
     nfe = (num_steps - start_step) * (int(predictor != "none") + n_corrector_steps * int(corrector != "none"))
     return (x_mean if denoise else x), nfe
+
+
+def pc_replace(score_fn: ScoreFn, sde: SDE, rng: jax.Array, y: jax.Array, mask,
+               basis: Optional[jax.Array] = None, **pc_options) -> tuple[jax.Array, int]:
+    """Samples whose coordinates x Q equal y Q where `mask` is True (`editing.replace`; Q =
+    `basis`, the identity when None), and the number of score evaluations: the known part of y is
+    noised with the forward kernel, y_t = alpha(t) y + sigma(t) z, and replaces the known part of
+    the state after every predictor and corrector update (Song et al. 2021, App. I.2).
+    `pc_options` go to `pc_sample` (predictor, corrector, snr, num_steps, eps, ...)."""
+    def project(rng, x, x_mean, t):
+        mean, std = sde.marginal_prob(y, t)
+        y_t = mean + expand(std, y) * jax.random.normal(rng, y.shape, y.dtype)
+        return replace(y_t, x, mask, basis), replace(mean, x_mean, mask, basis)
+
+    prior_rng, known_rng, sample_rng = jax.random.split(rng, 3)
+    x_T = sde.prior_sampling(prior_rng, y.shape)
+    x_init, _ = project(known_rng, x_T, x_T, jnp.full(y.shape[:1], sde.T, y.dtype))
+    x, nfe = pc_sample(score_fn, sde, sample_rng, y.shape, x_init=x_init, project=project,
+                       **pc_options)
+    return replace(y, x, mask, basis), nfe

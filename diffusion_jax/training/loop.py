@@ -1,31 +1,57 @@
 """The generic training loop: data -> jitted step -> logs and checkpoints, with resume.
 
-It knows nothing about the method: it calls `method.init_params` and `method.loss`, and the
-optional aux-state hooks (`init_aux`, `load_aux`, `initial_params`, `update_aux`) and
-`training_data` (a replacement for the training source, e.g. cached latents) where a method
-has them.
+It is given built objects (a method, an optimizer, a mesh, the training data and the resources
+the method requires) and knows nothing about the family: it calls the method protocol
+(`methods.base.Method`: `init_params`, `init_aux`, `start`, `loss`, `update_aux`).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import sys
 import threading
 import time
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import builders, parallel
+from diffusion_jax import parallel
 from diffusion_jax import workdir as workdir_io
-from diffusion_jax.data.datasets import open_dataset
 from diffusion_jax.data.loader import BatchLoader, LoaderState
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.training.checkpoint import Checkpointer
-from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.state import TrainState, create_train_state
-from diffusion_jax.training.step import has_aux, jit_train_step
+from diffusion_jax.training.step import jit_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the loop reads of `config.training` (and `data.random_flip`)."""
+
+    num_steps: int
+    batch_size: int
+    checkpoint_every: int
+    log_every: int
+    seed: int = 0
+    ema_decay: float = 0.9999
+    max_checkpoints: int = 3
+    grad_accum_steps: int = 1
+    steps_per_call: int = 1
+    random_flip: bool = False
+
+    def check(self, num_devices: int) -> None:
+        """ConfigError for settings no run can use on `num_devices` devices."""
+        for key in ("num_steps", "batch_size", "checkpoint_every", "log_every",
+                    "grad_accum_steps", "steps_per_call", "max_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"training.{key} must be >= 1, got {getattr(self, key)}")
+        if self.batch_size % (num_devices * self.grad_accum_steps):
+            raise ConfigError(f"training.batch_size {self.batch_size} is not divisible by the "
+                              f"{num_devices} devices x training.grad_accum_steps "
+                              f"{self.grad_accum_steps}")
 
 
 class Progress:
@@ -66,23 +92,22 @@ def stop_on_sigterm():
 def _create(method, optimizer, seed: int) -> TrainState:
     init_rng, train_rng, aux_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = method.init_params(init_rng)
-    aux = method.init_aux(params, aux_rng) if has_aux(method) else {}
-    return create_train_state(params, optimizer, train_rng, aux)
+    return create_train_state(params, optimizer, train_rng, method.init_aux(params, aux_rng))
 
 
-def initial_state(method, optimizer, seed: int, mesh) -> TrainState:
+def initial_state(method, optimizer, seed: int, mesh, resources: Callable[[], dict] = dict
+                  ) -> TrainState:
     """The state at step 0, laid out over the mesh as `parallel.state_shardings` says
-    (replicated, or split over its `fsdp` axis): parameters initialised from the seed, then,
-    for a method with aux state, `method.load_aux(aux)` (weights read from other work
-    directories, e.g. a teacher) and `method.initial_params(params, aux)` (e.g. a student that
-    starts from its teacher) when the method has them."""
+    (replicated, or split over its `fsdp` axis): parameters initialised from the seed, then
+    `method.start(params, aux, resources())` with the method's restored requirements (e.g. a
+    student that starts from its teacher); EMA and optimizer state follow changed parameters."""
     shardings = jax.tree.map(lambda s: s.sharding, abstract_state(method, optimizer, mesh))
     state = jax.jit(lambda: _create(method, optimizer, seed), out_shardings=shardings)()
-    if not hasattr(method, "load_aux"):
+    restored = resources()
+    if not restored:
         return state
-    aux = method.load_aux(state.aux)
-    if hasattr(method, "initial_params"):
-        params = method.initial_params(state.params, aux)
+    params, aux = method.start(state.params, state.aux, restored)
+    if params is not state.params:
         state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params),
                               opt_state=optimizer.init(params))
     return jax.jit(lambda s: s, out_shardings=shardings)(state.replace(aux=aux))
@@ -98,23 +123,12 @@ def abstract_state(method, optimizer, mesh) -> TrainState:
                         shapes, parallel.state_shardings(mesh, shapes))
 
 
-def restore_state(config, workdir: str, mesh):
-    """(method, state) of the newest checkpoint in `workdir`, for sampling and evaluation."""
-    method = builders.build_method(config)
-    optimizer = make_optimizer(config.optim)
+def restore_state(method, optimizer, workdir: str, mesh, step: Optional[int] = None
+                  ) -> TrainState:
+    """The state of checkpoint `step` (default: the newest) in `workdir`, onto `mesh`."""
     state, _ = Checkpointer(workdir, read_only=True).restore(
-        abstract_state(method, optimizer, mesh))
-    return method, state
-
-
-def restore_run(workdir: str, mesh=None):
-    """(config, method, state) of another training run: its `config.json` and newest
-    checkpoint, restored onto `mesh` (default: every device, data parallel). How a method
-    loads a frozen teacher or autoencoder in `load_aux`; ConfigError when it is not there."""
-    config = workdir_io.read_config(workdir)
-    mesh = mesh if mesh is not None else parallel.make_mesh()
-    method, state = restore_state(config, workdir, mesh)
-    return config, method, state
+        abstract_state(method, optimizer, mesh), step)
+    return state
 
 
 def call_sizes(step: int, num_steps: int, steps_per_call: int, every: tuple[int, ...]):
@@ -138,36 +152,27 @@ def grouped_batches(batches, loader: BatchLoader, sizes):
         yield {"image": images, "label": labels}, int(n > 1), (n, loader.state)
 
 
-def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
-    """Train to `training.num_steps`, resuming from the newest checkpoint in `workdir`.
+def train(method, optimizer, mesh, settings: Settings, workdir: str,
+          training_data: Callable, resources: Callable[[], dict] = dict
+          ) -> tuple[TrainState, bool]:
+    """Train to `settings.num_steps`, resuming from the newest checkpoint in `workdir`.
 
-    Returns the final state and whether SIGTERM stopped the run early (after a checkpoint).
+    `training_data(aux) -> (source, decode)` gives the random-access training source once the
+    state (and its aux, e.g. a frozen encoder) exists; `resources()` the method's restored
+    requirements, asked for only when the run starts fresh. Returns the final state and whether
+    SIGTERM stopped the run early (after a checkpoint).
     """
-    t = config.training
-    mesh = mesh if mesh is not None else builders.build_mesh(config)
-    for key in ("grad_accum_steps", "steps_per_call"):
-        if t[key] < 1:
-            raise ConfigError(f"training.{key} must be >= 1, got {t[key]}")
-    if t.batch_size % (mesh.devices.size * t.grad_accum_steps):
-        raise ConfigError(f"training.batch_size {t.batch_size} is not divisible by the "
-                          f"{mesh.devices.size} devices x training.grad_accum_steps "
-                          f"{t.grad_accum_steps}")
-    method = builders.build_method(config)
-    optimizer = make_optimizer(config.optim)
-    _, source, decode = open_dataset(config.data.dataset, "train",
-                                     data_dir=config.data.data_dir or None,
-                                     download=config.data.download)
+    t = settings
     checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
     abstract = abstract_state(method, optimizer, mesh)
     loader_state = None
     if checkpointer.latest_step() is not None:
         state, loader_state = checkpointer.restore(abstract)
     else:
-        state = initial_state(method, optimizer, t.seed, mesh)
-    if hasattr(method, "training_data"):  # e.g. latents encoded once to a cache (methods/latent.py)
-        source, decode = method.training_data(state.aux, source, decode)
+        state = initial_state(method, optimizer, t.seed, mesh, resources)
+    source, decode = training_data(state.aux)
     loader = BatchLoader(source, decode, global_batch=t.batch_size, seed=t.seed,
-                         random_flip=config.data.random_flip,
+                         random_flip=t.random_flip,
                          process_index=jax.process_index(), process_count=jax.process_count())
     if loader_state is not None:
         loader.state = LoaderState.from_dict(loader_state)
@@ -178,7 +183,6 @@ def train(config, workdir: str, mesh=None) -> tuple[TrainState, bool]:
     shardings = jax.tree.map(lambda s: s.sharding, abstract)
     step_fns = {n: jit_train_step(method, optimizer, t.ema_decay, mesh, shardings,
                                   t.grad_accum_steps, n) for n in {1, t.steps_per_call}}
-
     interrupted = False
     pending, last_time, last_step = [], time.perf_counter(), step
     with stop_on_sigterm() as sigterm:

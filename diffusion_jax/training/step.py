@@ -15,25 +15,6 @@ from diffusion_jax.training.state import TrainState
 LossFn = Callable  # (params, batch, rng, aux, step) -> (scalar loss, dict of scalar metrics)
 
 
-def has_aux(method) -> bool:
-    """Whether `method` keeps aux state (`init_aux`): then its loss, samplers and editing take
-    `aux=` (docs/ARCHITECTURE.md, the method protocol)."""
-    return hasattr(method, "init_aux")
-
-
-def aux_kwargs(method, aux) -> dict:
-    """`{"aux": aux}` for a method with aux state, else `{}`: the keywords its calls take."""
-    return {"aux": aux} if has_aux(method) else {}
-
-
-def method_loss(method) -> LossFn:
-    """`method.loss` as a LossFn: methods without aux state ignore `aux` and `step`."""
-    if has_aux(method):
-        return lambda params, batch, rng, aux, step: method.loss(params, batch, rng, aux=aux,
-                                                                 step=step)
-    return lambda params, batch, rng, aux, step: method.loss(params, batch, rng)
-
-
 def ema_update(ema, params, decay):
     """ema <- decay ema + (1 - decay) params."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
@@ -98,8 +79,8 @@ def jit_train_step(method, optimizer, ema_decay: float, mesh, state_sharding=Non
     state's buffers donated. With `steps_per_call` k > 1 it is `train_steps`: the batch has a
     leading axis of k global batches and each metric comes back as k values."""
     rep, state_sharding = parallel.replicated(mesh), state_sharding or parallel.replicated(mesh)
-    kwargs = dict(loss_fn=method_loss(method), optimizer=optimizer, ema_decay=ema_decay,
-                  grad_accum_steps=grad_accum_steps, update_aux=getattr(method, "update_aux", None))
+    kwargs = dict(loss_fn=method.loss, optimizer=optimizer, ema_decay=ema_decay,
+                  grad_accum_steps=grad_accum_steps, update_aux=method.update_aux)
     if steps_per_call == 1:
         fn, leading = (lambda state, batch: train_step(state, batch, **kwargs)), 0
     else:

@@ -1,4 +1,5 @@
-"""Model FLOPs counted from the program itself: every matrix product and convolution.
+"""Model size: parameter counts, and FLOPs counted from the program itself (every matrix product
+and convolution).
 
 A multiply-add counts as 2 FLOPs; elementwise work (normalisation, activations) is not
 counted, the usual convention for model FLOP utilisation (convolutions, dense layers and
@@ -45,3 +46,8 @@ def jaxpr_flops(jaxpr) -> int:
 def count_flops(fn, *args) -> int:
     """FLOPs of matrix products and convolutions in `fn(*args)` (args may be abstract)."""
     return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def count_params(params) -> int:
+    """The number of parameters in a pytree of arrays (or of abstract arrays)."""
+    return sum(int(p.size) for p in jax.tree.leaves(params))

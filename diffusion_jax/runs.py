@@ -1,0 +1,107 @@
+"""Work directories of training runs, and what a method requires from outside itself.
+
+The launcher layer restores here what methods declare in `requirements()` (another run's EMA
+weights, a weights file, calibration images) and builds the training data a method reads
+(`latent_cache()`), so that methods stay pure functions of arrays.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import numpy as np
+
+from diffusion_jax import builders, parallel
+from diffusion_jax import workdir as workdir_io
+from diffusion_jax.data import cache as data_cache
+from diffusion_jax.data.datasets import first_images, open_dataset
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.methods.base import RunWeights, TrainingImages, WeightsFile
+from diffusion_jax.training import loop
+from diffusion_jax.training.optim import make_optimizer
+
+
+def _read_lpips(path: str):
+    from diffusion_jax.losses import lpips
+
+    return lpips.load_lpips_params(path)
+
+
+def _read_digits_classifier(path: str):
+    from diffusion_jax.evaluation import digits_features
+
+    return digits_features.load_classifier_params(path or digits_features.WEIGHTS_PATH)
+
+
+WEIGHTS_READERS = {"lpips": _read_lpips, "digits_classifier": _read_digits_classifier}
+
+
+def restore(config, workdir: str, mesh, step: Optional[int] = None):
+    """(method, state) of `config` from checkpoint `step` (default: newest) of `workdir`."""
+    method = builders.build_method(config)
+    state = loop.restore_state(method, make_optimizer(config.optim), workdir, mesh, step)
+    return method, state
+
+
+def restore_run(workdir: str, mesh=None, step: Optional[int] = None):
+    """(config, method, state) of another training run: its `config.json` and newest (or `step`)
+    checkpoint, restored onto `mesh` (default: every device, data parallel); ConfigError when it
+    is not there."""
+    config = workdir_io.read_config(workdir)
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    method, state = restore(config, workdir, mesh, step)
+    return config, method, state
+
+
+def training_images(config, count: int) -> np.ndarray:
+    """The first `count` training images of the configured data set, in [-1, 1]."""
+    return first_images(config.data.dataset, "train", count,
+                        data_dir=config.data.data_dir or None, download=config.data.download)
+
+
+def resolve(requirements: dict, config, placeholders: dict) -> dict:
+    """The resources of `requirements` (nested as the method's aux): RunWeights -> that run's EMA
+    parameters, checked against the aux placeholder of the same key; WeightsFile -> its reader
+    (`WEIGHTS_READERS`); TrainingImages -> `training_images`."""
+    resources = {}
+    for key, need in requirements.items():
+        if isinstance(need, dict):
+            resources[key] = resolve(need, config, placeholders.get(key, {}))
+        elif isinstance(need, RunWeights):
+            _, _, state = restore_run(need.workdir, step=need.step)
+            _check_same_tree(f"the run in {need.workdir!r} ({key})", state.ema_params,
+                             placeholders.get(key))
+            resources[key] = state.ema_params
+        elif isinstance(need, WeightsFile):
+            resources[key] = WEIGHTS_READERS[need.kind](need.path)
+        elif isinstance(need, TrainingImages):
+            resources[key] = training_images(config, need.count)
+        else:
+            raise TypeError(f"unknown requirement {need!r}")
+    return resources
+
+
+def training_data(method, config):
+    """`training_data(aux) -> (source, decode)` for `training.loop.train`: the training split of
+    the data set, opened now (a missing data set fails before anything is built), or the method's
+    latent cache over it (`data.cache.cached_source`), built from the state's aux when first
+    needed."""
+    _, source, decode = open_dataset(config.data.dataset, "train",
+                                     data_dir=config.data.data_dir or None,
+                                     download=config.data.download)
+    spec = method.latent_cache()
+    if spec is None:
+        return lambda aux: (source, decode)
+    return lambda aux: data_cache.cached_source(spec.path, lambda x: spec.encode(aux, x),
+                                                spec.example_shape, source, decode)
+
+
+def _check_same_tree(what: str, source, expected) -> None:
+    """ConfigError unless `source` has the structure and shapes of `expected` (when given)."""
+    if expected is None:
+        return
+    shapes = lambda tree: jax.tree.map(lambda a: tuple(a.shape), tree)  # noqa: E731
+    if jax.tree.structure(source) != jax.tree.structure(expected) or \
+            shapes(source) != shapes(expected):
+        raise ConfigError(f"{what} does not match the network this config expects (different "
+                          f"architecture); check its model.* keys")
