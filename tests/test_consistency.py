@@ -266,20 +266,21 @@ def test_ct_target_follows_mu_of_k_and_ict_has_no_target():
 
 @pytest.mark.slow
 def test_ct_and_ict_learn_the_gaussian_from_data_alone():
-    """No teacher: 2000 steps each. CT with N(k) up to s1 = 20 (with s1 = 150 so short a run
-    collapses towards a constant, anchored at sigma_min by one pair in 150), iCT with N doubling
-    from 10 to 160, the learning rate decayed to 0. Measured: CT mean error 0.01, variances
-    0.21 / 0.085; iCT mean error 0.08, variances 0.20 / 0.083 (data 0.30 / 0.12; both
-    under-dispersed after so short a run). A collapsed model has variances below 0.01."""
-    for mode, distance, weighting, s0, s1 in (("ct", "l2", "uniform", 2, 20),
-                                              ("ict", "pseudo_huber", "icm", 10, 160)):
+    """No teacher: 2000 steps each, Adam 4e-3 decayed to 0. CT as `digits_ct.py` runs it (mu0 =
+    0) with N(k) up to s1 = 40, iCT with N doubling from 10 to 320. Measured: CT means 0.501 /
+    -0.309, variances 0.258 / 0.105; iCT 0.525 / -0.282, 0.248 / 0.114 (data 0.5 / -0.3,
+    0.30 / 0.12). Standard errors over 8192 samples: 0.006 for a mean, 1.6% for a variance; the
+    tolerances (0.05, 20%) are the bias of so short a training. A collapsed model has variances
+    below 0.01, the under-dispersed one of the old 45% tolerance fails."""
+    for mode, distance, weighting, s0, s1 in (("ct", "l2", "uniform", 2, 40),
+                                              ("ict", "pseudo_huber", "icm", 10, 320)):
         method = Consistency(model=MLP(), image_shape=(2,), training_mode=mode,
                              distance=distance, weighting=weighting, total_steps=2000, s0=s0,
-                             s1=s1)
+                             s1=s1, mu0=0.0)
         params = method.init_params(jax.random.PRNGKey(0))
         aux = method.init_aux(params, jax.random.PRNGKey(1))
-        assert set(aux) == ({"target"} if mode == "ct" else set())
-        optimizer = optax.adam(optax.cosine_decay_schedule(2e-3, 2000))
+        assert aux == {}
+        optimizer = optax.adam(optax.cosine_decay_schedule(4e-3, 2000))
 
         def step(carry, k):
             params, opt_state, aux = carry
@@ -297,8 +298,8 @@ def test_ct_and_ict_learn_the_gaussian_from_data_alone():
         x, _ = method.sample(params, jax.random.PRNGKey(3),
                              jax.random.normal(jax.random.PRNGKey(4), (8192, 2)), aux=aux)
         x = np.asarray(x)
-        np.testing.assert_allclose(x.mean(0), MEAN, atol=0.12, err_msg=mode)
-        np.testing.assert_allclose(np.diag(np.cov(x.T)), np.diag(COV), rtol=0.45, err_msg=mode)
+        np.testing.assert_allclose(x.mean(0), MEAN, atol=0.05, err_msg=mode)
+        np.testing.assert_allclose(np.diag(np.cov(x.T)), np.diag(COV), rtol=0.2, err_msg=mode)
 
 
 def test_cd_without_teacher_and_bad_names_are_config_errors(tmp_path):
