@@ -81,12 +81,16 @@ def test_consistency_coefficients_are_the_papers():
 def test_ct_schedules_match_their_formulas():
     K, s0, s1 = 800_000, 2, 150
     for k in (0, 1000, 123_456, 400_000, 800_000):
-        expected = math.ceil(math.sqrt(k / K * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
+        expected = max(math.ceil(math.sqrt(k / K * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1), 1) + 1
         assert int(objectives.ct_num_scales(k, K, s0, s1)) == expected
     assert int(objectives.ct_num_scales(0, K)) == 2 and int(objectives.ct_num_scales(K, K)) == 151
+    assert int(objectives.ct_num_scales(0, K, 1, 150)) == 2  # never fewer than two levels
+    # mu(k) = exp(s0 ln(mu0) / (N(k) - 1)), as the released code (cm/script_util.py) computes it
     for n in (2, 17, 151):
         assert float(objectives.ct_target_decay(n, 2, 0.9)) == pytest.approx(
-            math.exp(2 * math.log(0.9) / n), rel=1e-6)
+            math.exp(2 * math.log(0.9) / (n - 1)), rel=1e-6)
+    assert float(objectives.ct_target_decay(2, 2, 0.9)) == pytest.approx(0.81, rel=1e-6)
+    assert float(objectives.ct_target_decay(151, 2, 0.0)) == 0.0
     # improved CT: N = min(10 * 2^floor(k / K'), 1280) + 1, K' = floor(K / (log2(128) + 1))
     K = 400_000
     stage = math.floor(K / (math.log2(1280 / 10) + 1))
@@ -249,10 +253,12 @@ def test_ct_target_follows_mu_of_k_and_ict_has_no_target():
     ct = Consistency(model=MLP(), image_shape=(2,), training_mode="ct", total_steps=100)
     aux = {"target": {"w": jnp.zeros(3)}}
     new = ct.update_aux(aux, params, 50)
-    mu = math.exp(2 * math.log(0.9) / int(objectives.ct_num_scales(50, 100)))
+    mu = math.exp(2 * math.log(0.9) / (int(objectives.ct_num_scales(50, 100)) - 1))
     np.testing.assert_allclose(new["target"]["w"], 1 - mu, rtol=1e-4)
     ict = Consistency(model=MLP(), image_shape=(2,), training_mode="ict", total_steps=100)
     assert ict.init_aux(params, jax.random.PRNGKey(0)) == {}
+    no_ema = Consistency(model=MLP(), image_shape=(2,), training_mode="ct", mu0=0.0)
+    assert no_ema.init_aux(params, jax.random.PRNGKey(0)) == {}  # target = online, no copy
     cd = Consistency(model=MLP(), image_shape=(2,), training_mode="cd", target_ema=0.5,
                      teacher=helpers.ExactTeacher(GAUSSIAN, (2,)))
     np.testing.assert_allclose(cd.update_aux(aux, params, 0)["target"]["w"], 0.5)
@@ -260,20 +266,21 @@ def test_ct_target_follows_mu_of_k_and_ict_has_no_target():
 
 @pytest.mark.slow
 def test_ct_and_ict_learn_the_gaussian_from_data_alone():
-    """No teacher: 2000 steps each. CT with N(k) up to s1 = 20 (with s1 = 150 so short a run
-    collapses towards a constant, anchored at sigma_min by one pair in 150), iCT with N doubling
-    from 10 to 160, the learning rate decayed to 0. Measured: CT mean error 0.01, variances
-    0.21 / 0.085; iCT mean error 0.08, variances 0.20 / 0.083 (data 0.30 / 0.12; both
-    under-dispersed after so short a run). A collapsed model has variances below 0.01."""
-    for mode, distance, weighting, s0, s1 in (("ct", "l2", "uniform", 2, 20),
-                                              ("ict", "pseudo_huber", "icm", 10, 160)):
+    """No teacher: 2000 steps each, Adam 4e-3 decayed to 0. CT as `digits_ct.py` runs it (mu0 =
+    0) with N(k) up to s1 = 40, iCT with N doubling from 10 to 320. Measured: CT means 0.501 /
+    -0.309, variances 0.258 / 0.105; iCT 0.525 / -0.282, 0.248 / 0.114 (data 0.5 / -0.3,
+    0.30 / 0.12). Standard errors over 8192 samples: 0.006 for a mean, 1.6% for a variance; the
+    tolerances (0.05, 20%) are the bias of so short a training. A collapsed model has variances
+    below 0.01, the under-dispersed one of the old 45% tolerance fails."""
+    for mode, distance, weighting, s0, s1 in (("ct", "l2", "uniform", 2, 40),
+                                              ("ict", "pseudo_huber", "icm", 10, 320)):
         method = Consistency(model=MLP(), image_shape=(2,), training_mode=mode,
                              distance=distance, weighting=weighting, total_steps=2000, s0=s0,
-                             s1=s1)
+                             s1=s1, mu0=0.0)
         params = method.init_params(jax.random.PRNGKey(0))
         aux = method.init_aux(params, jax.random.PRNGKey(1))
-        assert set(aux) == ({"target"} if mode == "ct" else set())
-        optimizer = optax.adam(optax.cosine_decay_schedule(2e-3, 2000))
+        assert aux == {}
+        optimizer = optax.adam(optax.cosine_decay_schedule(4e-3, 2000))
 
         def step(carry, k):
             params, opt_state, aux = carry
@@ -291,8 +298,8 @@ def test_ct_and_ict_learn_the_gaussian_from_data_alone():
         x, _ = method.sample(params, jax.random.PRNGKey(3),
                              jax.random.normal(jax.random.PRNGKey(4), (8192, 2)), aux=aux)
         x = np.asarray(x)
-        np.testing.assert_allclose(x.mean(0), MEAN, atol=0.12, err_msg=mode)
-        np.testing.assert_allclose(np.diag(np.cov(x.T)), np.diag(COV), rtol=0.45, err_msg=mode)
+        np.testing.assert_allclose(x.mean(0), MEAN, atol=0.05, err_msg=mode)
+        np.testing.assert_allclose(np.diag(np.cov(x.T)), np.diag(COV), rtol=0.2, err_msg=mode)
 
 
 def test_cd_without_teacher_and_bad_names_are_config_errors(tmp_path):

@@ -36,15 +36,26 @@ def karras_levels(index, num_scales, sigma_min: float = 0.002, sigma_max: float 
 
 
 def ct_num_scales(k, total_steps: int, s0: int = 2, s1: int = 150):
-    """N(k) = ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 (Song et al. 2023, App. C)."""
+    """N(k) = max(ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1), 1) + 1 (Song et al. 2023,
+    App. C; the max as in the released code, `cm/script_util.py`), from s0 to s1 + 1 levels."""
     k = jnp.asarray(k, jnp.float32)
     inner = jnp.sqrt(k / total_steps * ((s1 + 1) ** 2 - s0**2) + s0**2)
-    return (jnp.ceil(inner - 1.0) + 1.0).astype(jnp.int32)
+    return (jnp.maximum(jnp.ceil(inner - 1.0), 1.0) + 1.0).astype(jnp.int32)
 
 
 def ct_target_decay(num_scales, s0: int = 2, mu0: float = 0.9):
-    """mu(k) = exp(s0 ln(mu0) / N(k)), the target network's EMA rate (Song et al. 2023, App. C)."""
-    return jnp.exp(s0 * math.log(mu0) / jnp.asarray(num_scales, jnp.float32))
+    """mu(k) = exp(s0 ln(mu0) / (N(k) - 1)), the target network's EMA rate (Song et al. 2023,
+    App. C). The paper writes N(k) in the denominator; the released code (`cm/script_util.py`,
+    `jcm/losses.py`), which produced its results, divides by the number of intervals N(k) - 1,
+    and so does this. mu0 = 0 gives mu = 0: the target is the online network.
+
+    The target then lags about 1 / (1 - mu) = (N - 1) / (s0 ln(1 / mu0)) steps behind the online
+    network whatever the training length K, while N(k) climbs one level every
+    2 N K / (s1 + 1)^2 steps: during one target time constant N grows by about
+    (s1 + 1)^2 / (2 K s0 ln(1 / mu0)) levels (0.07 with the paper's K = 800k, 18 with K = 3000)."""
+    if mu0 == 0.0:
+        return jnp.zeros_like(jnp.asarray(num_scales, jnp.float32))
+    return jnp.exp(s0 * math.log(mu0) / (jnp.asarray(num_scales, jnp.float32) - 1.0))
 
 
 def ict_num_scales(k, total_steps: int, s0: int = 10, s1: int = 1280):
@@ -106,6 +117,13 @@ def distance_fn(name: str, huber_c: float = 0.0, lpips_fn: Callable | None = Non
             raise ValueError("the lpips distance needs its network (lpips_fn)")
         return lpips_fn
     raise ValueError(f"unknown distance {name!r}; valid: {', '.join(DISTANCES)}")
+
+
+def spread(x):
+    """sqrt(mean over the data dimensions of the variance over the batch): the spread of a batch
+    of samples; 0 for a constant function of the noise (the collapsed consistency function)."""
+    flat = x.reshape(x.shape[0], -1)
+    return jnp.sqrt(jnp.mean(jnp.var(flat, axis=0)))
 
 
 def consistency_loss(online: Callable, target: Callable, x0, rng, cond=None, *,

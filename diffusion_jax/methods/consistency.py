@@ -8,7 +8,8 @@ on any backbone. Three training modes (`losses.consistency.consistency_loss`):
   step; the target network is an EMA of the student with rate `target_ema` (0: the online
   weights under stop-gradient, the released CIFAR-10 setting); the student may start from the
   teacher's weights.
-- 'ct': consistency training with the N(k) and mu(k) curricula of Song et al. 2023, App. C.
+- 'ct': consistency training with the N(k) and mu(k) curricula of Song et al. 2023, App. C
+  (mu0 = 0: no target EMA, the target is the online network under stop-gradient).
 - 'ict': improved CT: no target EMA, the doubling curriculum for N, log-normal level sampling,
   the 1 / (sigma_{n+1} - sigma_n) weighting and (in the configs) the pseudo-Huber distance.
 
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import preconditioning
+from diffusion_jax.denoisers import call
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.losses import consistency as objectives, lpips
 from diffusion_jax.methods.base import RunWeights, WeightsFile
@@ -37,6 +39,7 @@ from diffusion_jax.samplers import editing
 from diffusion_jax.samplers.sampler import Sampler
 
 TRAINING_MODES = ("cd", "ct", "ict")
+SPREAD_SAMPLES = 32  # the fixed noise batch of the collapse guard (`onestep_spread`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +86,8 @@ class Consistency(NetworkMethod):
     # --- aux state ----------------------------------------------------------------------
     @property
     def has_target_ema(self) -> bool:
-        return self.training_mode == "ct" or (self.training_mode == "cd" and self.target_ema > 0)
+        return ((self.training_mode == "ct" and self.mu0 > 0)
+                or (self.training_mode == "cd" and self.target_ema > 0))
 
     def requirements(self) -> dict:
         """CD: the teacher run's EMA weights; the LPIPS distance: its weights file."""
@@ -157,9 +161,21 @@ class Consistency(NetworkMethod):
         c = self.huber_c or objectives.default_huber_c(int(np.prod(self.image_shape)))
         return objectives.distance_fn(self.distance, c)
 
+    def onestep_spread(self, params, batch: dict):
+        """spread(f(sigma_max z, sigma_max)) / spread(data batch) on a fixed batch of
+        `SPREAD_SAMPLES` noises z (labels: the batch's first ones): about 1 for a model that
+        samples the data, near 0 once training has collapsed to a constant consistency
+        function. Logged by `loss`, without gradients."""
+        n = min(SPREAD_SAMPLES, batch["image"].shape[0])
+        z = jax.random.normal(jax.random.PRNGKey(0), (n, *batch["image"].shape[1:]))
+        cond = batch["label"][:n] if self.num_classes else None
+        x = call(self.consistency_fn(jax.lax.stop_gradient(params)), self.sigma_max * z,
+                 jnp.full((n,), self.sigma_max), cond)
+        return objectives.spread(x) / objectives.spread(batch["image"])
+
     def loss(self, params, batch: dict, rng: jax.Array, aux, step):
         """Batch mean of the consistency loss; online and target share the dropout key (Song &
-        Dhariwal 2023, Sec. 3.1)."""
+        Dhariwal 2023, Sec. 3.1). Metrics: N and `onestep_spread` (the collapse guard)."""
         dropout_rng, loss_rng = jax.random.split(rng)
         num_scales = self.current_num_scales(step)
         target_params = aux["target"] if self.has_target_ema else params
@@ -173,7 +189,8 @@ class Consistency(NetworkMethod):
             distance=self._distance(aux), weighting=self.weighting, teacher=teacher,
             teacher_solver=self.teacher_solver, sigma_min=self.sigma_min,
             sigma_max=self.sigma_max, rho=self.rho)
-        return jnp.mean(per_example), {"num_scales": num_scales}
+        return jnp.mean(per_example), {"num_scales": num_scales,
+                                       "onestep_spread": self.onestep_spread(params, batch)}
 
     # --- sampling and editing -----------------------------------------------------------
     def chains(self) -> dict:
