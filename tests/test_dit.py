@@ -82,6 +82,30 @@ def test_forward_flops_are_the_matrix_products_of_the_architecture(preset, gmacs
     assert round(macs / 1e9, 2) == gmacs  # FRONTIER.md's table, computed from the layers
 
 
+def test_initialisation_is_dits():
+    """DiT's initialize_weights: Xavier-uniform linears with zero biases, the patch embedding as
+    the linear map p p C -> D, N(0, 0.02^2) timestep MLP and label table, zero adaLN and output
+    layers. Negative control: patch_init='conv' (fans p p C and p p D) fails the patch check."""
+    model = DiT(patch_size=2, hidden_size=64, depth=2, num_heads=4, num_classes=1000)
+    x, t, y = np.zeros((1, 16, 16, 4), np.float32), np.zeros(1), np.zeros(1, int)
+    params = jax.jit(model.init)(jax.random.key(0), x, t, y)["params"]
+    var = lambda a: float(np.var(np.asarray(a)))  # noqa: E731
+    close = lambda v, want: abs(v / want - 1) < 0.1  # noqa: E731
+    assert close(var(params["x_embedder"]["kernel"]), 2 / (16 + 64))
+    for layer, (fan_in, fan_out) in (("qkv", (64, 192)), ("proj", (64, 64))):
+        assert close(var(params["blocks_0"]["attn"][layer]["kernel"]), 2 / (fan_in + fan_out))
+    assert close(var(params["blocks_1"]["mlp"]["fc1"]["kernel"]), 2 / (64 + 256))
+    for name in ("mlp_0", "mlp_2"):
+        assert close(var(params["t_embedder"][name]["kernel"]), 0.02**2)
+    assert close(var(params["y_embedder"]["embedding"]), 0.02**2)
+    zero = [params["blocks_0"]["adaLN_modulation"], params["final_layer"]["adaLN_modulation"],
+            params["final_layer"]["linear"], {"b": params["blocks_1"]["attn"]["qkv"]["bias"]}]
+    assert all(not np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(zero))
+    conv = jax.jit(model.clone(patch_init="conv").init)(jax.random.key(0), x, t, y)["params"]
+    assert not close(var(conv["x_embedder"]["kernel"]), 2 / (16 + 64))
+    assert close(var(conv["x_embedder"]["kernel"]), 2 / (16 + 4 * 64))
+
+
 def _fixture(name):
     f = np.load(os.path.join(DATA, name))
     weights = {k[len("param:"):]: f[k] for k in f.files if k.startswith("param:")}
@@ -155,17 +179,17 @@ def _tiny_mean_flow(**kw):
     model = DiT(**TINY, h_embedding=True, **kw)
     x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype(np.float32)
     t, h, y = np.array([0.8, 0.3], np.float32), np.array([0.5, 0.1], np.float32), np.array([1, 10])
-    params = random_params(jax.eval_shape(model.init, jax.random.key(0), x, t, y), scale=0.3)
+    params = random_params(jax.eval_shape(model.init, jax.random.key(0), x, t, y), scale=0.15)
     return model, params, x, t, h, y
 
 
 def test_jvp_through_the_whole_network_matches_finite_differences():
     """MeanFlow's d/dt u(z_t, t, r) = jvp with tangents (v, 1, 0) in (z, t, r), h = t - r,
-    against a central difference of step 1e-3. Negative control: the tangent (v, 0, 0), which
-    drops the t direction, is rejected by the same tolerance."""
+    against a central difference of step 3e-3 (measured 1.2e-4 apart). Negative control: the
+    tangent (v, 0, 0), which drops the t direction, is rejected by the same tolerance (0.27)."""
     model, params, x, t, h, y = _tiny_mean_flow()
     v = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
-    r, eps = t - h, 1e-3
+    r, eps = t - h, 3e-3
 
     def u(z, t, r):
         return model.apply(params, z, t, y, h=t - r)
@@ -178,8 +202,8 @@ def test_jvp_through_the_whole_network_matches_finite_differences():
         return du, du_no_t, fd
     du, du_no_t, fd = derivatives()
     error = lambda a: float(jnp.max(jnp.abs(a - fd)) / jnp.max(jnp.abs(fd)))  # noqa: E731
-    assert error(du) < 5e-3
-    assert error(du_no_t) > 5e-2
+    assert error(du) < 1e-3
+    assert error(du_no_t) > 1e-3
 
 
 def test_remat_gives_the_same_outputs_gradients_and_tangents():
@@ -206,7 +230,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
     out, ref = fast.apply(params, x, t, y, h=h), model.apply(params, x, t, y, h=h)
     assert out.dtype == jnp.float32
     rel = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
-    assert 0.0 < rel < 0.05
+    assert 0.0 < rel < 0.05  # measured 0.015
 
 
 def test_learn_sigma_doubles_the_output_channels():
@@ -228,8 +252,9 @@ def test_a_preset_is_a_config_key_and_a_contradicting_size_a_one_line_error():
     model = builders.build_model(config)
     assert model.architecture() == PRESETS["DiT-S/8"] and model.num_classes == 10
     assert DiT(preset="DiT-B/4", depth=12).architecture() == PRESETS["DiT-B/4"]
-    for kwargs, match in ((dict(preset="DiT-XXL/2"), "DiT-XL/2"), (dict(preset="DiT-B/4",
-                                                                       depth=6), "depth")):
+    for kwargs, match in ((dict(preset="DiT-XXL/2"), "DiT-XL/2"),
+                          (dict(preset="DiT-B/4", depth=6), "depth"),
+                          (dict(patch_init="xavier"), "linear")):
         with pytest.raises(ConfigError, match=match) as info:
             DiT(**kwargs)
         assert "\n" not in str(info.value)

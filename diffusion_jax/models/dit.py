@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.errors import ConfigError
+from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.models.attention import Attention, masked_mean
 from diffusion_jax.models.layers import rematerialized
 
@@ -42,9 +42,13 @@ SMALL = dict(depth=4, hidden_size=128, num_heads=4, patch_size=2)
 """The architecture of a DiT without a preset."""
 
 xavier_uniform = nn.initializers.xavier_uniform()
-patch_init = nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1)
-"""The patch embedding initialised as the linear layer (p p C -> D) it is (DiT's
-`initialize_weights`)."""
+PATCH_INITS = {"linear": nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1),
+               "conv": nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")}
+"""The patch embedding's initialiser: 'linear' is DiT's `initialize_weights` (Xavier of the
+p p C -> D linear map it is); 'conv' counts the p x p window in both fans (fan_out p p D), so
+it starts sqrt((p p C + p p D) / (p p C + D)) times smaller: at small widths (4x4x3 patches,
+width 64) DiT's init drowns the fixed position embedding (unit scale) and a shapes DiT placed
+nothing (position accuracy 0.26 against 1.00)."""
 embedding_init = nn.initializers.normal(0.02)
 zeros = nn.initializers.zeros
 
@@ -177,9 +181,10 @@ class DiT(nn.Module):
     float32, out_channels = `out_channels` or C, twice that with `learn_sigma`.
 
     `preset` (e.g. 'DiT-XL/2', see PRESETS) sets depth, hidden_size, num_heads and patch_size;
-    those left as None come from the preset, or from SMALL without one. `remat` recomputes each
-    block's activations in the backward pass (same parameters and outputs). Label dropout for
-    classifier-free guidance is the method's (it passes the null label), not the network's."""
+    those left as None come from the preset, or from SMALL without one. `patch_init` is a key of
+    PATCH_INITS. `remat` recomputes each block's activations in the backward pass (same
+    parameters and outputs). Label dropout for classifier-free guidance is the method's (it
+    passes the null label), not the network's."""
 
     preset: str = ""
     patch_size: Optional[int] = None
@@ -192,6 +197,7 @@ class DiT(nn.Module):
     h_embedding: bool = False
     cross_attention: bool = False
     out_channels: Optional[int] = None
+    patch_init: str = "linear"
     remat: bool = False
     dtype: Dtype = jnp.float32
 
@@ -201,7 +207,8 @@ class DiT(nn.Module):
 
     def architecture(self) -> dict:
         """depth, hidden_size, num_heads, patch_size: the preset's or SMALL's, where not given;
-        ConfigError for an unknown preset or a value that contradicts it."""
+        ConfigError for an unknown preset or patch_init, or a value that contradicts the preset."""
+        choose("patch init (model.patch_init)", self.patch_init, PATCH_INITS)
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"unknown DiT preset (model.preset) {self.preset!r}; valid: "
                               f"{', '.join(PRESETS)}")
@@ -222,8 +229,9 @@ class DiT(nn.Module):
         out_ch = (self.out_channels or ch) * (2 if self.learn_sigma else 1)
         if hgt % p or wid % p:
             raise ValueError(f"image {hgt}x{wid} is not divisible into {p}x{p} patches")
-        tokens = nn.Conv(d, (p, p), strides=(p, p), dtype=self.dtype, kernel_init=patch_init,
-                         name="x_embedder")(x.astype(self.dtype))
+        tokens = nn.Conv(d, (p, p), strides=(p, p), dtype=self.dtype,
+                         kernel_init=PATCH_INITS[self.patch_init], name="x_embedder")(
+            x.astype(self.dtype))
         gh, gw = hgt // p, wid // p
         tokens = tokens.reshape(b, gh * gw, d) + jnp.asarray(sincos_2d(gh, gw, d), self.dtype)
 
