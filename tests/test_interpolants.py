@@ -1,11 +1,11 @@
 """Flow-matching interpolants against closed forms: the paths' coefficients, the exact velocity
-field of Gaussian-mixture data and the conversions velocity <-> eps <-> score <-> x0 <->
+field of Gaussian and Gaussian-mixture data and the conversions velocity <-> eps <-> score <-> x0 <->
 denoiser on it, SiT's formulas in SiT's time, the SDE's marginals for every diffusion form,
 and the training-time t distributions.
 
 The ground truth is written here, not taken from the module: the paths' alpha and sigma (SiT's
 `path.py` at t_SiT = 1 - t, Lipman et al.'s sigma_min path), their derivatives by autodiff, and
-the exact velocity v*(x_t, t) = alpha' E[x0 | x_t] + sigma' E[eps | x_t] from the mixture's exact
+the exact velocity v*(x_t, t) = alpha' E[x0 | x_t] + sigma' E[eps | x_t] from the data's exact
 denoiser (`analytic.GaussianMixture`).
 """
 import math
@@ -54,21 +54,25 @@ MIXTURE = analytic.GaussianMixture(
                                                                            [0.0, 0.05]]]))
 
 
-def _exact(name, x_t, t):
-    """Exact predictions of MIXTURE at (x_t, t): x0 and eps from the exact denoiser (x_t / alpha
+DATA = {"mixture": MIXTURE, "gaussian": analytic.gaussian(jnp.array([0.5, -1.0]),
+                                                        jnp.array([[0.3, 0.2], [0.2, 1.5]]))}
+
+
+def _exact(name, x_t, t, data=MIXTURE):
+    """Exact predictions of `data` at (x_t, t): x0 and eps from the exact denoiser (x_t / alpha
     at EDM noise sigma / alpha), the score from `vp_score`, v* = alpha' x0 + sigma' eps."""
     a, s, da, ds = _closed(name, t)
-    x0 = MIXTURE.denoiser(x_t / a[:, None], s / a)
+    x0 = data.denoiser(x_t / a[:, None], s / a)
     eps = (x_t - a[:, None] * x0) / s[:, None]
-    return {"x0": x0, "eps": eps, "score": MIXTURE.vp_score(x_t, a, s),
+    return {"x0": x0, "eps": eps, "score": data.vp_score(x_t, a, s),
             "velocity": da[:, None] * x0 + ds[:, None] * eps}
 
 
-def _marginal_points(name, t, seed=0):
+def _marginal_points(name, t, data=MIXTURE, seed=0):
     """x_t drawn from the path's marginal at each t (one point per t)."""
     a, s, _, _ = _closed(name, t)
     k1, k2 = jax.random.split(jax.random.key(seed))
-    x0 = MIXTURE.sample(k1, t.shape[0])
+    x0 = data.sample(k1, t.shape[0])
     return a[:, None] * x0 + s[:, None] * jax.random.normal(k2, x0.shape)
 
 
@@ -97,12 +101,13 @@ def test_t_of_edm_sigma_inverts_sigma_over_alpha(name):
     np.testing.assert_allclose(s / a, sigma, rtol=1e-4)
 
 
+@pytest.mark.parametrize("data", list(DATA))
 @pytest.mark.parametrize("name", NAMES)
-def test_conversions_are_exact_on_the_mixture_velocity_field(name):
+def test_conversions_are_exact_on_the_exact_velocity_field(name, data):
     """Every prediction converted to every other equals the exact one, for x_t on the path."""
     path, t = PATHS[name], jnp.tile(jnp.array([0.05, 0.3, 0.6, 0.95]), 8)
-    x_t = _marginal_points(name, t)
-    exact = _exact(name, x_t, t)
+    x_t = _marginal_points(name, t, DATA[data])
+    exact = _exact(name, x_t, t, DATA[data])
     scale = {k: float(jnp.max(jnp.abs(v))) for k, v in exact.items()}
     for source in itp.PREDICTIONS:
         for target in itp.PREDICTIONS:
@@ -111,18 +116,20 @@ def test_conversions_are_exact_on_the_mixture_velocity_field(name):
                                        err_msg=f"{source} -> {target}")
 
 
+@pytest.mark.parametrize("data", list(DATA))
 @pytest.mark.parametrize("name", NAMES)
-def test_the_denoiser_of_the_exact_velocity_is_the_exact_denoiser(name):
-    """D(x, sigma) of v* queried at t(sigma), x_t = alpha x is MIXTURE's denoiser in EDM's
+def test_the_denoiser_of_the_exact_velocity_is_the_exact_denoiser(name, data):
+    """D(x, sigma) of v* queried at t(sigma), x_t = alpha x is the data's denoiser in EDM's
     convention, from sigma 0.02 to 80: every denoiser sampler runs on a velocity model."""
-    path = PATHS[name]
+    path, data = PATHS[name], DATA[data]
     sigma = jnp.geomspace(0.02, 80.0, 32)
-    x = jax.vmap(lambda k, s: MIXTURE.sample(k, 1)[0] + s * jax.random.normal(k, (2,)))(
+    x = jax.vmap(lambda k, s: data.sample(k, 1)[0] + s * jax.random.normal(k, (2,)))(
         jax.random.split(jax.random.key(3), 32), sigma)
-    D = itp.denoiser(path, lambda x_t, t: _exact(name, x_t, t)["velocity"])
-    want = MIXTURE.denoiser(x, sigma)
+    D = itp.denoiser(path, lambda x_t, t: _exact(name, x_t, t, data)["velocity"])
+    want = data.denoiser(x, sigma)
     np.testing.assert_allclose(D(x, sigma), want, rtol=1e-4, atol=1e-4)
-    cond_D = itp.denoiser(path, lambda x_t, t, cond: _exact(name, x_t, t)["velocity"] + cond)
+    cond_D = itp.denoiser(path, lambda x_t, t, cond: _exact(name, x_t, t, data)["velocity"]
+                          + cond)
     np.testing.assert_allclose(cond_D(x, sigma, jnp.zeros_like(x)), want, rtol=1e-4, atol=1e-4)
 
 
