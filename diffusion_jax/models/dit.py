@@ -15,7 +15,8 @@ p x p x out_channels per patch, reassembled to the image; `learn_sigma` doubles 
 
 Parameter names follow the official `models.py` (`x_embedder`, `t_embedder/mlp_0`,
 `blocks_3/attn/qkv`, `final_layer/linear`, ...), so `diffusion_jax.importers.dit` maps its
-state dict one to one. Presets: `DiT-{S,B,L,XL}/{2,4,8}` of the paper (Table 1) and MeanFlow's `DiT-M/*`.
+state dict one to one. Presets: `DiT-{S,B,L,XL}/{2,4,8}` of the paper (Table 1) and
+MeanFlow's `DiT-M/*`.
 """
 from __future__ import annotations
 
