@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.flops import count_flops
+from diffusion_jax.model_size import count_flops
 from diffusion_jax.importers import dit as importer
 from diffusion_jax.models.dit import DiT, PRESETS, SIZES, sincos_2d
 from helpers import random_params
