@@ -34,8 +34,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.denoisers import call, expand, per_example
 from diffusion_jax.errors import ConfigError, choose
+from diffusion_jax.processes.sde import expand
 
 
 def _path(cls):
@@ -194,9 +194,11 @@ def denoiser(path, fn: Callable, kind: str = "velocity") -> Callable:
     choose("prediction", kind, PREDICTIONS)
 
     def denoise(x, sigma, cond=None):
-        t = jnp.maximum(path.t_of_edm_sigma(per_example(sigma, x)), 0.0)
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])
+        t = jnp.maximum(path.t_of_edm_sigma(sigma), 0.0)
         x_t = expand(path.alpha(t), x) * x
-        return convert(path, call(fn, x_t, t, cond), x_t, t, kind, "x0")
+        pred = fn(x_t, t) if cond is None else fn(x_t, t, cond)
+        return convert(path, pred, x_t, t, kind, "x0")
     return denoise
 
 
