@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import builders, edit_inputs, parallel, runs, sampling, text
+from diffusion_jax import builders, edit_inputs, parallel, runs, sampling
 from diffusion_jax import workdir as workdir_io
-from diffusion_jax.data.datasets import open_dataset
+from diffusion_jax.data.datasets import captions
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.model_size import count_flops, count_params
 from diffusion_jax.training import loop
@@ -68,15 +68,15 @@ def run(config, workdir: str, mode: str, train_workdir: str | None = None, promp
         if config.training.sample_at_end:
             return _sample(config, workdir, mesh, method, sampler, state)
         return 0
-    method, state = runs.restore(config, train_workdir or workdir, mesh)
+    method, state = runs.restore_or_pretrained(config, train_workdir or workdir, mesh)
     if mode == "sample":
         if config.edit.task != "none":
-            return _edit(config, workdir, mesh, method, sampler, state)
+            return _edit(config, workdir, mesh, method, sampler, state, prompt)
         return _sample(config, workdir, mesh, method, sampler, state, prompt)
     from diffusion_jax.evaluation.eval_mode import evaluate
 
     return evaluate(config, workdir, mesh, method, state, sampler,
-                    caption_conditions(config, config.eval.num_samples))
+                    caption_conditions(config, method, config.eval.num_samples))
 
 
 def train(config, workdir: str, mesh=None, method=None):
@@ -97,7 +97,7 @@ def train(config, workdir: str, mesh=None, method=None):
 def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "") -> int:
     s = config.sampling
     params = state.ema_params if s.use_ema else state.params
-    conditions = caption_conditions(config, s.num_samples, prompt)
+    conditions = caption_conditions(config, method, s.num_samples, prompt)
     images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples,
                                _fit_batch(s.batch_size, mesh), mesh, sampler, aux=state.aux,
                                conditions=conditions)
@@ -107,28 +107,27 @@ def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "") -> 
         name = f"step_{int(state.step)}" + ("_prompt" if prompt else "")
         png = sampling.save_samples(os.path.join(workdir, "samples"), name, images, labels,
                                     captions=None if conditions is None else
-                                    [text.detokenize(c) for c in conditions])
+                                    [method.detokenize(c) for c in conditions])
         print(f"wrote {len(images)} samples to {png}", flush=True)
     return 0
 
 
-def caption_conditions(config, num: int, prompt: str = ""):
-    """The caption tokens (num, L) to sample a text-conditional model with: `prompt` for every
-    image, or else the captions of the test split in order (None without text conditioning)."""
-    length = builders.caption_length(config)
-    if not length:
+def caption_conditions(config, method, num: int, prompt: str = ""):
+    """The caption tokens (num, L) to sample a text-conditional model with (`method.tokenize`):
+    `prompt` for every image, or else the captions of the test split in order (None without
+    text conditioning)."""
+    if not method.caption_length:
         return None
     if prompt:
-        return np.repeat(text.tokenize(prompt, length)[None], num, axis=0)
-    _, source, decode = open_dataset(config.data.dataset, "test",
-                                     data_dir=config.data.data_dir or None,
-                                     download=config.data.download)
-    return np.stack([decode(source[i % len(source)])[1] for i in range(num)])
+        return np.repeat(method.tokenize([prompt]), num, axis=0)
+    texts = captions(config.data.dataset, "test", data_dir=config.data.data_dir or None)
+    return method.tokenize([texts[i % len(texts)] for i in range(num)])
 
 
-def _edit(config, workdir, mesh, method, sampler, state) -> int:
+def _edit(config, workdir, mesh, method, sampler, state, prompt: str = "") -> int:
     """Edit the images of `edit.input` (inpaint with `edit.mask`, colorize, or SDEdit at
-    `edit.strength`)."""
+    `edit.strength`); a caption-conditional model edits towards `prompt` (default the empty
+    caption)."""
     e, s = config.edit, config.sampling
     if not 0.0 <= e.strength <= 1.0:
         raise ConfigError(f"edit.strength must be in [0, 1], got {e.strength}")
@@ -137,7 +136,9 @@ def _edit(config, workdir, mesh, method, sampler, state) -> int:
              else np.zeros(x.shape, bool))
     results = sampling.edit(method, state.ema_params if s.use_ema else state.params,
                             jax.random.PRNGKey(s.seed), x, masks, _fit_batch(s.batch_size, mesh),
-                            mesh, sampler, task=e.task, strength=e.strength, aux=state.aux)
+                            mesh, sampler, task=e.task, strength=e.strength, aux=state.aux,
+                            conditions=(np.repeat(method.tokenize([prompt]), len(x), axis=0)
+                                        if method.caption_length else None))
     if jax.process_index() == 0:
         png = edit_inputs.save_edits(os.path.join(workdir, "samples"),
                                      f"edit_{e.task}_step_{int(state.step)}", x, results,
@@ -166,7 +167,5 @@ def forward_flops(method, params) -> int:
     multiply-add = 2; `diffusion_jax.model_size`)."""
     x = jax.ShapeDtypeStruct((1,) + tuple(method.network_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
-    cond = jax.ShapeDtypeStruct((1,), jnp.int32) if method.num_classes else None
-    if method.caption_length:
-        cond = jax.ShapeDtypeStruct((1, method.caption_length), jnp.int32)
+    cond = jax.eval_shape(method.example_condition)
     return count_flops(lambda p, x, t, c: method.apply(p, x, t, c), params, x, t, cond)
