@@ -109,7 +109,10 @@ class StableDiffusion(Method):
 
     @property
     def pretrained(self) -> bool:
-        return bool(self.source)
+        """Always: the weights come from the released files (`requirements` says which), so a
+        work directory without a checkpoint samples them, and one without a source is a
+        ConfigError."""
+        return True
 
     def example_condition(self, batch: int = 1):
         """The U-Net's condition: a context (B, 77, cross_attention_dim), no attention mask."""
