@@ -184,6 +184,7 @@ def edit_inputs():
     return x, jnp.asarray(mask), jnp.asarray(prompt_pairs(ref))
 
 
+@pytest.mark.slow
 def test_inpainting_on_the_base_model_keeps_the_known_pixels():
     """Replacement in latent space, then the known pixels pasted: exactly the input where the
     mask is True; generated (different) pixels elsewhere."""
@@ -199,6 +200,7 @@ def test_inpainting_on_the_base_model_keeps_the_known_pixels():
     assert np.all(np.isfinite(out)) and np.all(np.abs(out) <= 1.0)
 
 
+@pytest.mark.slow
 def test_inpainting_unet_is_conditioned_on_mask_and_masked_latents():
     """A 9-channel U-Net (the sd-*-inpainting layout, random weights): its input is
     [z_t, m, s E(x_masked)] with m = 1 on the latent cells to generate; the known pixels are
@@ -250,3 +252,44 @@ def test_fine_tuning_trains_the_unet_and_keeps_text_encoder_and_vae_frozen(tmp_p
     assert int(restored.step) == 3
     assert launcher.run(config, str(tmp_path / "samples"), "sample",
                         train_workdir=workdir) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["sdedit", "inpaint"])
+def test_edit_mode_equals_the_python_api(tmp_path, task):
+    """`--mode=sample --config.edit.task=sdedit --config.edit.strength=0.75` (img2img) and
+    `edit.task=inpaint` with a mask PNG edit the PNG inputs towards --prompt, away from
+    --negative_prompt: the same images as `pipe.img2img` / `pipe.inpaint` with the same seed;
+    inpainting keeps the known pixels."""
+    from PIL import Image
+
+    from diffusion_jax import images as image_io
+    from diffusion_jax import launcher
+    from diffusion_jax.pipeline import StableDiffusion
+
+    x, mask, _ = edit_inputs()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i, image in enumerate(image_io.to_uint8(np.asarray(x))):
+        Image.fromarray(image).save(inputs / f"{i}.png")
+    mask_png = tmp_path / "mask.png"
+    Image.fromarray(np.where(np.asarray(mask)[0, ..., 0], 255, 0).astype(np.uint8)).save(mask_png)
+    config = tiny_config()
+    config.edit.update(task=task, input=str(inputs), strength=0.75,
+                       mask=str(mask_png) if task == "inpaint" else "")
+    config.sampling.update(batch_size=2, seed=42)
+    workdir = str(tmp_path / "run")
+    assert launcher.run(config, workdir, "sample", prompt=PROMPT, negative_prompt=NEGATIVE) == 0
+    cli = np.load(os.path.join(workdir, "samples", f"edit_{task}_step_0.npz"))
+    pipe = StableDiffusion.load(TINY)
+    images = [Image.open(inputs / f"{i}.png") for i in range(2)]
+    if task == "sdedit":
+        api = pipe.img2img(images, PROMPT, NEGATIVE, strength=0.75, seed=42, output="array")
+    else:
+        api = pipe.inpaint(images, Image.open(mask_png), PROMPT, NEGATIVE, seed=42,
+                           output="array")
+        known = cli["masks"]
+        np.testing.assert_array_equal(cli["results"][known], cli["inputs"][known])
+    assert max_err(api, cli["results"]) < 1e-5
+    # negative control: the edit changed the images
+    assert np.mean(np.abs(cli["results"] - cli["inputs"])) > 0.02
