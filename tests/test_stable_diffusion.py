@@ -293,3 +293,36 @@ def test_edit_mode_equals_the_python_api(tmp_path, task):
     assert max_err(api, cli["results"]) < 1e-5
     # negative control: the edit changed the images
     assert np.mean(np.abs(cli["results"] - cli["inputs"])) > 0.02
+
+
+def test_caption_folder_reads_pairs_resized_and_tokenized(tmp_path):
+    """data set 'folder': image + same-stem .txt caption (or metadata.jsonl), in name order,
+    resized on the shorter side and centre-cropped to the model's shape, captions through the
+    method's tokenizer; an image without a caption is a DataError."""
+    from PIL import Image
+
+    from diffusion_jax.data.datasets import captions, open_dataset
+    from diffusion_jax.errors import DataError
+
+    method, _, _ = loaded()
+    wide = np.zeros((8, 16, 3), np.uint8)
+    wide[:, 4:12] = 255  # the centre 8 columns white: what the crop keeps
+    Image.fromarray(wide).save(tmp_path / "b.png")
+    (tmp_path / "b.txt").write_text("an astronaut riding a horse\n")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a red cube on a blue table")
+    _, source, decode = open_dataset("folder", "train", data_dir=str(tmp_path),
+                                     image_shape=(8, 8, 3), tokenize=method.tokenize)
+    (a, a_tokens), (b, b_tokens) = decode(source[0]), decode(source[1])
+    np.testing.assert_array_equal(np.stack([a_tokens, b_tokens]), reference()["prompt_ids"])
+    assert a.shape == b.shape == (8, 8, 3)
+    np.testing.assert_allclose(a, -1.0)
+    np.testing.assert_allclose(b, 1.0, atol=1e-6)
+    assert captions("folder", "test", data_dir=str(tmp_path))[1] == "an astronaut riding a horse"
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "b.png", "text": "from metadata"}) + "\n")
+    assert captions("folder", "train", data_dir=str(tmp_path)) == ["from metadata"]
+    (tmp_path / "metadata.jsonl").unlink()
+    Image.fromarray(wide).save(tmp_path / "c.png")
+    with pytest.raises(DataError, match="c.txt"):
+        open_dataset("folder", "train", data_dir=str(tmp_path), image_shape=(8, 8, 3))
