@@ -177,3 +177,41 @@ def consistency_config(training_mode: str = "cd") -> ml_collections.ConfigDict:
     c.sampling.update(num_samples=64, batch_size=64, method="onestep", num_steps=1, sigmas=())
     c.eval.update(num_samples=50_000, batch_size=1000)
     return c
+
+
+def stable_diffusion_config(base: str = "sd15") -> ml_collections.ConfigDict:
+    """Stable Diffusion (Rombach et al. 2022; `methods.stable_diffusion`): the networks, schedule
+    and tokenizer come from the released files (`sd.model_dir`, a diffusers model directory, or
+    `sd.checkpoint`, a single CompVis / Stability file with the configs of `sd.base` and the
+    tokenizer of `sd.tokenizer_dir`); `model.dtype` / `model.remat` are the compute dtype and
+    the U-Net's gradient checkpointing. Sampling as diffusers' default recipe: DPM-Solver++(2M),
+    20 steps, guidance 7.5. Fine-tuning on a folder of image-caption pairs (`data.dataset`
+    folder, `data.data_dir`): diffusers' train_text_to_image example settings, AdamW lr 1e-5
+    (weight decay 0.01), clip 1, EMA 0.9999, caption dropout 0.1 (as the released models were
+    trained); batch and mesh to the devices (`mesh.fsdp` shards the U-Net and its optimizer
+    state). Eval: FID against the folder's test images and the CLIP score of the samples
+    against their captions (`eval.clip_model_dir`, a transformers CLIPModel directory).
+    """
+    c = base_config()
+    c.method = "stable_diffusion"
+    c.model = ml_collections.ConfigDict(dict(name="sd_unet", dtype="float32", remat=False))
+    # base: a released name (sd15, sd21, sd21_base) or a model directory, for a single-file
+    # checkpoint; resolution 0 = the U-Net's trained size; variant: weight files
+    # <name>.<variant>.safetensors (e.g. fp16); clip_skip: condition on the text encoder's
+    # hidden state that many layers before the last; label_dropout: caption dropout in training
+    c.sd = ml_collections.ConfigDict(dict(base=base, model_dir="", checkpoint="",
+                                          tokenizer_dir="", variant="", resolution=0,
+                                          clip_skip=0, label_dropout=0.1))
+    c.data.update(dataset="folder", random_flip=False)
+    c.training.update(num_steps=15_000, batch_size=8, checkpoint_every=1000, log_every=50,
+                      ema_decay=0.9999, sample_at_end=True)
+    c.optim.update(name="adamw", lr=1e-5, warmup_steps=500, grad_clip=1.0, beta1=0.9,
+                   beta2=0.999, eps=1e-8, weight_decay=1e-2)
+    c.sampling.update(num_samples=4, batch_size=4, seed=42, method="dpm_solver_pp_2m",
+                      num_steps=20, spacing="time_uniform", sigma_min=0.0, sigma_max=0.0,
+                      rho=7.0, eta=1.0, S_noise=1.0, S_churn=0.0, order=3,
+                      **dict(guidance_defaults(), guidance_scale=7.5))
+    c.edit.strength = 0.75
+    c.eval.update(num_samples=1000, batch_size=8, reference_split="test", num_reference=1000,
+                  clip_model_dir="")
+    return c

@@ -19,17 +19,22 @@ from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM
 from diffusion_jax.methods.latent import LatentDiffusion
+from diffusion_jax.methods.stable_diffusion import StableDiffusion
 from diffusion_jax.models.autoencoder import AutoencoderKL
+from diffusion_jax.models.clip_text import CLIPTextEncoder
 from diffusion_jax.models.dit import DiT
 from diffusion_jax.models.ncsnpp import NCSNpp
+from diffusion_jax.models.sd_unet import SDUNet
 from diffusion_jax.models.text_encoder import (ByteTextEncoder, PrecomputedTextEncoder,
                                                TextConditioned, load_embedding_table)
 from diffusion_jax.models.unet import UNet
+from diffusion_jax.models.vae import AutoencoderKL as SDAutoencoderKL
 from diffusion_jax.processes import parameterization, schedules, sde as sdes
 from diffusion_jax.samplers import edm as edm_samplers
 from diffusion_jax.samplers import sampler as sampler_lib
 
 MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL}
+CLIP_CONTEXT_LENGTH = 77  # CLIP's text positions: Stable Diffusion's caption tokens
 TEXT_ENCODERS = ("bytes", "precomputed")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NOT_CONFIGURABLE = {"parent", "name", "out_channels", "num_classes"}
@@ -37,7 +42,11 @@ _NOT_CONFIGURABLE = {"parent", "name", "out_channels", "num_classes"}
 
 def dataset_spec(config) -> DatasetSpec:
     choose("data set (data.dataset)", config.data.dataset, DATASETS)
-    return DATASETS[config.data.dataset]
+    spec = DATASETS[config.data.dataset]
+    if spec.any_size:
+        raise ConfigError(f"data set {config.data.dataset!r} has images of any size: it trains "
+                          f"a method with its own resolution ({', '.join(PRETRAINED_METHODS)})")
+    return spec
 
 
 def num_classes(config) -> int:
@@ -46,7 +55,10 @@ def num_classes(config) -> int:
 
 
 def caption_length(config) -> int:
-    """Caption tokens the model is conditioned on: 0 unless `text.encoder` is not 'none'."""
+    """Caption tokens the model is conditioned on: CLIP's 77 for Stable Diffusion, else 0 unless
+    `text.encoder` is not 'none'."""
+    if config.method == "stable_diffusion":
+        return CLIP_CONTEXT_LENGTH
     t = config.get("text")
     if t is None or t.encoder == "none":
         return 0
@@ -323,11 +335,67 @@ METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
            "consistency": build_consistency, "autoencoder": build_autoencoder}
 
 
+SD_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}
+
+
+def build_stable_diffusion(config) -> StableDiffusion:
+    """Stable Diffusion (`methods.stable_diffusion`) with the networks, schedule, prediction
+    target, latent scale and tokenizer of `sd.model_dir` (a diffusers model directory) or
+    `sd.checkpoint` (a single file, with the configs of `sd.base`: a released name or a model
+    directory), or, with neither, of the released `sd.base` (no weights: --mode=info).
+    `model.dtype` is every network's compute dtype, `model.remat` the U-Net's; `sd.resolution`
+    (0: the U-Net's trained size) sets the image size."""
+    from diffusion_jax.importers import stable_diffusion as sd_import
+
+    s, m = config.sd, config.model
+    choose("model (model.name)", m.name, ("sd_unet",))
+    choose("model.dtype", m.dtype, DTYPES)
+    if s.model_dir and s.checkpoint:
+        raise ConfigError("set one of sd.model_dir and sd.checkpoint")
+    if s.model_dir and not os.path.isdir(s.model_dir):
+        raise ConfigError(f"sd.model_dir {s.model_dir!r} is not a directory")
+    check_file("sd.checkpoint", s.checkpoint)
+    source = s.model_dir or s.checkpoint
+    configs = sd_import.read_configs(source, s.base, s.tokenizer_dir)
+    choose("scheduler prediction_type", configs.scheduler.prediction_type, SD_PREDICTIONS)
+    dtype = DTYPES[m.dtype]
+    unet = SDUNet(**configs.unet_config, dtype=dtype, remat=m.remat)
+    text_encoder = CLIPTextEncoder(**configs.text_encoder_config, dtype=dtype)
+    vae = SDAutoencoderKL(**configs.vae_config, dtype=dtype)
+    factor = 2 ** (len(vae.block_out_channels) - 1)
+    unet_factor = 2 ** (len(unet.block_out_channels) - 1)
+    resolution = s.resolution or configs.sample_size * factor
+    if resolution % (factor * unet_factor):
+        raise ConfigError(f"sd.resolution {resolution} must be a multiple of "
+                          f"{factor * unet_factor} (the VAE's and the U-Net's downsampling)")
+    if not 0 <= s.clip_skip < text_encoder.num_layers:
+        raise ConfigError(f"sd.clip_skip must be in [0, {text_encoder.num_layers}), got "
+                          f"{s.clip_skip}")
+    if not 0.0 <= s.label_dropout < 1.0:
+        raise ConfigError(f"sd.label_dropout must be in [0, 1), got {s.label_dropout}")
+    return StableDiffusion(
+        unet=unet, text_encoder=text_encoder, vae=vae,
+        schedule=schedules.from_betas(configs.scheduler.betas),
+        image_shape=(resolution, resolution, vae.out_channels),
+        prediction=SD_PREDICTIONS[configs.scheduler.prediction_type],
+        scaling_factor=configs.scaling_factor, tokenizer=configs.tokenizer, source=source,
+        base=s.base, variant=s.variant, clip_skip=s.clip_skip, label_dropout=s.label_dropout,
+        caption_length=CLIP_CONTEXT_LENGTH)
+
+
+# methods whose networks come from released files, not from `model.*` and the data set
+PRETRAINED_METHODS = {"stable_diffusion": build_stable_diffusion}
+
+
 def build_method(config):
     """The method (loss + samplers) named by `config.method` around the configured network;
     with `latent.autoencoder_workdir`, that method on the autoencoder's latents
     (`methods.latent.LatentDiffusion`)."""
-    choose("method", config.method, METHODS)
+    choose("method", config.method, {**METHODS, **PRETRAINED_METHODS})
+    if config.method in PRETRAINED_METHODS:
+        method = PRETRAINED_METHODS[config.method](config)
+        build_sampler(config, method)
+        return method
     spec = dataset_spec(config)
     latent = config.get("latent")
     if latent is None or not latent.autoencoder_workdir or config.method == "autoencoder":

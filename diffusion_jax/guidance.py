@@ -81,7 +81,7 @@ class Guidance:
 
 
 def guide(fn: Callable, cond, num_classes: int, caption_length: int, guidance: Guidance,
-          sigma_of: Callable = lambda level: level) -> Callable:
+          sigma_of: Callable = lambda level: level, uncond=None) -> Callable:
     """fn(x, level, cond) guided as `guidance` says: the one combination that EDM (its denoiser),
     DDPM (its network prediction) and score SDEs (their score) apply.
 
@@ -89,20 +89,27 @@ def guide(fn: Callable, cond, num_classes: int, caption_length: int, guidance: G
     `classifier_free_guidance` from the null label `num_classes`, or the negative label when >= 0;
     a caption-conditional model (caption_length > 0) from the empty caption, or from the negative
     prompt when it is not empty; only where the EDM sigma `sigma_of(level)` (default: the level
-    itself) lies in [sigma_lo, sigma_hi]. `cond` is the condition the samplers will pass:
-    guidance needs one, and a conditional model.
+    itself) lies in [sigma_lo, sigma_hi]. `uncond`, when given, is the unconditional branch's
+    condition as the caller computed it (e.g. a frozen text encoder's embedding of the negative
+    or the empty prompt; same pytree as `cond`, leading axes broadcast) and replaces the null and
+    negative conditions. `cond` is the condition the samplers will pass: guidance needs one,
+    and a conditional model.
     """
     if guidance.scale == 1.0:
         return fn
-    if not (num_classes or caption_length) or cond is None:
+    if cond is None or (uncond is None and not (num_classes or caption_length)):
         raise ValueError("guidance_scale != 1 needs a conditional model and conditions")
-    negative = None if guidance.negative_label < 0 else guidance.negative_label
-    if caption_length:
-        negative = (text.tokenize(guidance.negative_prompt, caption_length)
-                    if guidance.negative_prompt else None)
+    if uncond is not None:
+        null, negative = uncond, None
+    else:
+        null = null_condition(num_classes, caption_length)
+        negative = None if guidance.negative_label < 0 else guidance.negative_label
+        if caption_length:
+            negative = (text.tokenize(guidance.negative_prompt, caption_length)
+                        if guidance.negative_prompt else None)
     return classifier_free_guidance(
-        fn, guidance.scale, null_condition(num_classes, caption_length), negative_cond=negative,
-        sigma_lo=guidance.sigma_lo, sigma_hi=guidance.sigma_hi, sigma_of=sigma_of)
+        fn, guidance.scale, null, negative_cond=negative, sigma_lo=guidance.sigma_lo,
+        sigma_hi=guidance.sigma_hi, sigma_of=sigma_of)
 
 
 def drop_labels(rng: jax.Array, labels: jax.Array, p: float, null_label) -> jax.Array:

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import builders, edit_inputs, monitoring, parallel, runs, sampling, text
+from diffusion_jax import builders, edit_inputs, monitoring, parallel, runs, sampling
 from diffusion_jax import workdir as workdir_io
-from diffusion_jax.data.datasets import open_dataset
+from diffusion_jax.data.datasets import DATASETS, captions, open_dataset
 from diffusion_jax.errors import CheckpointError, ConfigError, choose
 from diffusion_jax.model_size import count_flops, count_params
 from diffusion_jax.training import loop
@@ -82,17 +82,17 @@ def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sample
             return _sample(config, workdir, mesh, method, sampler, state,
                            name=f"step_{int(state.step)}")
         return 0
-    method, state = runs.restore(config, train_workdir or workdir, mesh)
+    method, state = runs.restore_or_pretrained(config, train_workdir or workdir, mesh)
     if mode == "sample":
         if config.edit.task != "none":
-            return _edit(config, workdir, mesh, method, sampler, state)
+            return _edit(config, workdir, mesh, method, sampler, state, prompt)
         return _sample(config, workdir, mesh, method, sampler, state, prompt,
                        name=f"sample_{int(state.step)}_{config.sampling.seed}"
                        + ("_prompt" if prompt else ""))
     from diffusion_jax.evaluation.eval_mode import evaluate
 
     return evaluate(config, workdir, mesh, method, state, sampler,
-                    caption_conditions(config, config.eval.num_samples))
+                    caption_conditions(config, method, config.eval.num_samples))
 
 
 def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
@@ -117,13 +117,16 @@ def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
     if mode == "train":
         settings = training_settings(config)
         settings.check(mesh.devices.size)
+        any_size = getattr(DATASETS.get(config.data.dataset), "any_size", False)
         _, source, _ = open_dataset(config.data.dataset, "train",
                                     data_dir=config.data.data_dir or None,
-                                    download=config.data.download)
+                                    download=config.data.download,
+                                    image_shape=(8, 8, 3) if any_size else None)  # only counted
         if settings.batch_size > len(source):
             raise ConfigError(f"training.batch_size {settings.batch_size} is larger than the "
                               f"{len(source)} training examples of {config.data.dataset!r}")
-    elif loop.latest_checkpoint(train_workdir or workdir) is None:
+    elif (config.method not in builders.PRETRAINED_METHODS
+          and loop.latest_checkpoint(train_workdir or workdir) is None):
         raise CheckpointError(f"no checkpoint in {train_workdir or workdir!r}: train there first "
                               f"(--mode=train) or pass --train_workdir")
 
@@ -153,7 +156,7 @@ def train(config, workdir: str, mesh=None, method=None, sampler=None):
     placeholders = lambda: loop.abstract_state(method, optimizer, mesh).aux  # noqa: E731
     hooks = monitoring.training_hooks(
         config, workdir, mesh, method, sampler,
-        caption_conditions(config, config.training.preview_samples))
+        caption_conditions(config, method, config.training.preview_samples))
     return loop.train(method, optimizer, mesh, settings, workdir,
                       runs.training_data(method, config),
                       lambda: runs.resolve(method.requirements(), config, placeholders()), hooks)
@@ -165,7 +168,7 @@ def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "", *,
     in `sampling.save_pngs` when set)."""
     s = config.sampling
     params = state.ema_params if s.use_ema else state.params
-    conditions = caption_conditions(config, s.num_samples, prompt)
+    conditions = caption_conditions(config, method, s.num_samples, prompt)
     images = sampling.generate(method, params, jax.random.PRNGKey(s.seed), s.num_samples,
                                _fit_batch(s.batch_size, mesh), mesh, sampler, aux=state.aux,
                                conditions=conditions, desc="sample")
@@ -174,30 +177,28 @@ def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "", *,
                   else conditions)
         png = sampling.save_samples(os.path.join(workdir, "samples"), name, images, labels,
                                     captions=None if conditions is None else
-                                    [text.detokenize(c) for c in conditions],
+                                    [method.detokenize(c) for c in conditions],
                                     png_dir=s.save_pngs)
         print(f"wrote {len(images)} samples to {png}", flush=True)
     return 0
 
 
-def caption_conditions(config, num: int, prompt: str = ""):
-    """The caption tokens (num, L) to sample a text-conditional model with: `prompt` for every
-    image, or else the captions of the test split in order (None without text conditioning, or
-    for no image)."""
-    length = builders.caption_length(config)
-    if not length or num < 1:
+def caption_conditions(config, method, num: int, prompt: str = ""):
+    """The caption tokens (num, L) to sample a text-conditional model with (`method.tokenize`):
+    `prompt` for every image, or else the captions of the test split in order (None without
+    text conditioning, or for no image)."""
+    if not method.caption_length or num < 1:
         return None
     if prompt:
-        return np.repeat(text.tokenize(prompt, length)[None], num, axis=0)
-    _, source, decode = open_dataset(config.data.dataset, "test",
-                                     data_dir=config.data.data_dir or None,
-                                     download=config.data.download)
-    return np.stack([decode(source[i % len(source)])[1] for i in range(num)])
+        return np.repeat(method.tokenize([prompt]), num, axis=0)
+    texts = captions(config.data.dataset, "test", data_dir=config.data.data_dir or None)
+    return method.tokenize([texts[i % len(texts)] for i in range(num)])
 
 
-def _edit(config, workdir, mesh, method, sampler, state) -> int:
+def _edit(config, workdir, mesh, method, sampler, state, prompt: str = "") -> int:
     """Edit the images of `edit.input` (inpaint with `edit.mask`, colorize, or SDEdit at
-    `edit.strength`)."""
+    `edit.strength`); a caption-conditional model edits towards `prompt` (default the empty
+    caption)."""
     e, s = config.edit, config.sampling
     if not 0.0 <= e.strength <= 1.0:
         raise ConfigError(f"edit.strength must be in [0, 1], got {e.strength}")
@@ -206,7 +207,9 @@ def _edit(config, workdir, mesh, method, sampler, state) -> int:
              else np.zeros(x.shape, bool))
     results = sampling.edit(method, state.ema_params if s.use_ema else state.params,
                             jax.random.PRNGKey(s.seed), x, masks, _fit_batch(s.batch_size, mesh),
-                            mesh, sampler, task=e.task, strength=e.strength, aux=state.aux)
+                            mesh, sampler, task=e.task, strength=e.strength, aux=state.aux,
+                            conditions=(np.repeat(method.tokenize([prompt]), len(x), axis=0)
+                                        if method.caption_length else None))
     if jax.process_index() == 0:
         png = edit_inputs.save_edits(os.path.join(workdir, "samples"),
                                      f"edit_{e.task}_step_{int(state.step)}", x, results,
@@ -235,7 +238,5 @@ def forward_flops(method, params) -> int:
     multiply-add = 2; `diffusion_jax.model_size`)."""
     x = jax.ShapeDtypeStruct((1,) + tuple(method.network_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
-    cond = jax.ShapeDtypeStruct((1,), jnp.int32) if method.num_classes else None
-    if method.caption_length:
-        cond = jax.ShapeDtypeStruct((1, method.caption_length), jnp.int32)
+    cond = jax.eval_shape(method.example_condition)
     return count_flops(lambda p, x, t, c: method.apply(p, x, t, c), params, x, t, cond)

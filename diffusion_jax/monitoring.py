@@ -12,7 +12,7 @@ import time
 
 import jax
 
-from diffusion_jax import plots, sampling, text
+from diffusion_jax import plots, sampling
 from diffusion_jax import workdir as workdir_io
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.training.loop import Hooks
@@ -80,5 +80,5 @@ def _preview(config, workdir, mesh, method, sampler, conditions):
                   else conditions)
         sampling.save_samples(os.path.join(workdir, "samples"), f"step_{step}", images, labels,
                               captions=None if conditions is None else
-                              [text.detokenize(c) for c in conditions])
+                              [method.detokenize(c) for c in conditions])
     return preview

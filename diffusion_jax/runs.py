@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import builders, parallel
@@ -16,9 +17,11 @@ from diffusion_jax import workdir as workdir_io
 from diffusion_jax.data import cache as data_cache
 from diffusion_jax.data.datasets import first_images, open_dataset
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.methods.base import RunWeights, TrainingImages, WeightsFile
+from diffusion_jax.methods.base import PretrainedWeights, RunWeights, TrainingImages, WeightsFile
 from diffusion_jax.training import loop
+from diffusion_jax.training.checkpoint import Checkpointer
 from diffusion_jax.training.optim import make_optimizer
+from diffusion_jax.training.state import TrainState
 
 
 def _read_lpips(path: str):
@@ -34,6 +37,13 @@ def _read_digits_classifier(path: str):
 
 
 WEIGHTS_READERS = {"lpips": _read_lpips, "digits_classifier": _read_digits_classifier}
+
+
+def read_pretrained(need: PretrainedWeights) -> dict:
+    """The parameters of one network of a released checkpoint (Stable Diffusion's importer)."""
+    from diffusion_jax.importers import stable_diffusion
+
+    return stable_diffusion.load_component(need.source, need.component, need.base, need.variant)
 
 
 def restore(config, workdir: str, mesh, step: Optional[int] = None):
@@ -62,7 +72,8 @@ def training_images(config, count: int) -> np.ndarray:
 def resolve(requirements: dict, config, placeholders: dict) -> dict:
     """The resources of `requirements` (nested as the method's aux): RunWeights -> that run's EMA
     parameters, checked against the aux placeholder of the same key; WeightsFile -> its reader
-    (`WEIGHTS_READERS`); TrainingImages -> `training_images`."""
+    (`WEIGHTS_READERS`); TrainingImages -> `training_images`; PretrainedWeights -> that network's
+    parameters (`read_pretrained`), checked like RunWeights."""
     resources = {}
     for key, need in requirements.items():
         if isinstance(need, dict):
@@ -76,9 +87,38 @@ def resolve(requirements: dict, config, placeholders: dict) -> dict:
             resources[key] = WEIGHTS_READERS[need.kind](need.path)
         elif isinstance(need, TrainingImages):
             resources[key] = training_images(config, need.count)
+        elif isinstance(need, PretrainedWeights):
+            resources[key] = read_pretrained(need)
+            _check_same_tree(f"the {need.component} of {need.source!r}", resources[key],
+                             placeholders.get(key))
         else:
             raise TypeError(f"unknown requirement {need!r}")
     return resources
+
+
+def pretrained_state(method, config, mesh) -> TrainState:
+    """The state of a `pretrained` method without a training checkpoint: step 0, parameters (and
+    EMA) and aux from its restored requirements (`method.start`), laid out over the mesh as a
+    train state is; no optimizer state (sampling and evaluation read none)."""
+    rng, init_rng, aux_rng = jax.random.split(jax.random.PRNGKey(config.training.seed), 3)
+    params = jax.eval_shape(method.init_params, init_rng)
+    aux = jax.eval_shape(method.init_aux, params, aux_rng)
+    params, aux = method.start(params, aux, resolve(method.requirements(), config, aux))
+    place = lambda tree: jax.device_put(tree, parallel.state_shardings(  # noqa: E731
+        mesh, jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.float32), tree)))
+    params = place(jax.tree.map(lambda a: np.asarray(a, np.float32), params))
+    aux = place(jax.tree.map(lambda a: np.asarray(a, np.float32), aux))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=(), rng=rng, aux=aux)
+
+
+def restore_or_pretrained(config, workdir: str, mesh):
+    """(method, state) for sample and eval modes: the newest checkpoint of `workdir`, or for a
+    `pretrained` method (a released model) whose `workdir` has none, `pretrained_state`."""
+    method = builders.build_method(config)
+    if method.pretrained and Checkpointer(workdir, read_only=True).latest_step() is None:
+        return method, pretrained_state(method, config, mesh)
+    return restore(config, workdir, mesh)
 
 
 def training_data(method, config):
@@ -88,7 +128,9 @@ def training_data(method, config):
     needed."""
     _, source, decode = open_dataset(config.data.dataset, "train",
                                      data_dir=config.data.data_dir or None,
-                                     download=config.data.download)
+                                     download=config.data.download,
+                                     image_shape=method.image_shape,
+                                     tokenize=method.tokenize if method.caption_length else None)
     spec = method.latent_cache()
     if spec is None:
         return lambda aux: (source, decode)

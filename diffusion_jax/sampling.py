@@ -118,28 +118,35 @@ def save_samples(directory: str, name: str, images: np.ndarray, labels=None,
 
 
 def edit(method, params, rng, x: np.ndarray, mask: np.ndarray, batch_size: int, mesh,
-         sampler: Sampler, *, task: str, strength: float, aux=None) -> np.ndarray:
+         sampler: Sampler, *, task: str, strength: float, aux=None,
+         conditions=None) -> np.ndarray:
     """`method.edit` of host images `x` with `mask` (True = known) in batches of `batch_size`
     (a multiple of the device count; the last batch padded by repeating its last image).
 
-    Every process passes the same arrays; batch b uses fold_in(rng, b). A class-conditional model
-    edits with the null label (the inputs' classes are unknown).
+    Every process passes the same arrays; batch b uses fold_in(rng, b). `conditions` (a host
+    array (N, ...), e.g. caption tokens) are the images' conditions; without them a
+    class-conditional model edits with the null label (the inputs' classes are unknown).
     """
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
-    def run(params, aux, rng, x, mask):
+    def run(params, aux, rng, x, mask, cond):
         x, mask = (jax.lax.with_sharding_constraint(a, shard) for a in (x, mask))
-        cond = (jnp.full((x.shape[0],), method.num_classes, jnp.int32) if method.num_classes
-                else None)
+        if cond is not None:
+            cond = jax.lax.with_sharding_constraint(cond, shard)
+        elif method.num_classes:
+            cond = jnp.full((x.shape[0],), method.num_classes, jnp.int32)
         return method.edit(params, rng, x, mask, cond, aux=aux, sampler=sampler, task=task,
                            strength=strength)
 
-    fn = jax.jit(run, in_shardings=(None, None, rep, rep, rep), out_shardings=shard)
+    fn = jax.jit(run, in_shardings=(None, None, rep, rep, rep, rep), out_shardings=shard)
+    pad_rows = lambda a, pad: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])  # noqa: E731
     out = []
     for b in range(-(-len(x) // batch_size)):
-        xb, mb = x[b * batch_size:(b + 1) * batch_size], mask[b * batch_size:(b + 1) * batch_size]
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        xb, mb = x[rows], mask[rows]
         pad = batch_size - len(xb)
-        xb, mb = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (xb, mb))
+        cb = None if conditions is None else pad_rows(np.asarray(conditions)[rows], pad)
         out.append(parallel.to_host(fn(params, {} if aux is None else aux,
-                                       jax.random.fold_in(rng, b), xb, mb))[:len(xb) - pad])
+                                       jax.random.fold_in(rng, b), pad_rows(xb, pad),
+                                       pad_rows(mb, pad), cb))[:len(xb)])
     return np.concatenate(out)

@@ -93,6 +93,8 @@ class CLIPTokenizer:
         self.vocab = vocab
         self.ranks = {tuple(pair): rank for rank, pair in enumerate(merges)}
         self.byte_chars = bytes_to_unicode()
+        self.tokens = {i: t for t, i in vocab.items()}  # for decode
+        self.byte_values = {c: b for b, c in self.byte_chars.items()}
         missing = [t for t in {BOS, EOS, pad_token, *special} if t not in vocab]
         if missing:
             raise ConfigError(f"CLIP vocabulary lacks the tokens {', '.join(missing)}")
@@ -172,3 +174,20 @@ class CLIPTokenizer:
             tokens = [self.bos_id, *self.encode(prompt)[:length - 2], self.eos_id]
             row[:len(tokens)] = tokens
         return ids
+
+    def decode(self, ids) -> str:
+        """The text of one row of ids: the tokens between the start token and the first end
+        token, words joined by spaces (the normalised, lower-cased prompt)."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if ids and ids[0] == self.bos_id:
+            ids = ids[1:]
+        if self.eos_id in ids:
+            ids = ids[:ids.index(self.eos_id)]
+        data = bytearray()
+        for token in (self.tokens[i] for i in ids):
+            word = token.removesuffix("</w>")
+            data += bytes(self.byte_values[c] for c in word if c in self.byte_values)
+            if word != token:
+                data += b" "
+        return data.decode("utf-8", "replace").strip()
+

@@ -1,9 +1,11 @@
 """Data sets by name: their image shape, class count and how an example becomes an image.
 
 Every data set yields images as float32 NHWC in [-1, 1] and int32 labels. `digits` is embedded
-(scikit-learn) and `shapes` generated (`shapes.py`); the others are TFDS data sets read without
-TensorFlow. A captioned data set (`caption_length` > 0) yields its captions' byte tokens
-(`diffusion_jax.text`, shape (caption_length,)) as the label.
+(scikit-learn) and `shapes` generated (`shapes.py`); `folder` is a folder of image-caption
+pairs (`folder.py`, `data_dir`) whose images take the shape the caller asks for; the others are
+TFDS data sets read without TensorFlow. A captioned data set (`caption_length` > 0) yields its
+captions' tokens as the label: UTF-8 byte tokens (`diffusion_jax.text`, shape
+(caption_length,)), or the caller's `tokenize` (e.g. a CLIP tokenizer).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from diffusion_jax.data import digits, shapes
+from diffusion_jax import text
+from diffusion_jax.data import digits, folder, shapes
 from diffusion_jax.errors import DataError
 
 
@@ -24,6 +27,7 @@ class DatasetSpec:
     tfds_name: Optional[str] = None
     crop: Optional[int] = None  # centre crop before resizing (CelebA: 140)
     caption_length: int = 0  # > 0: labels are caption tokens of this length
+    any_size: bool = False  # images of any size, resized to the caller's (image_shape (0, 0, C))
 
 
 DATASETS = {
@@ -33,6 +37,7 @@ DATASETS = {
     "fashion_mnist": DatasetSpec((28, 28, 1), 10, 256, "fashion_mnist"),
     "cifar10": DatasetSpec((32, 32, 3), 10, 256, "cifar10"),
     "celeb_a": DatasetSpec((64, 64, 3), 0, 256, "celeb_a", crop=140),
+    "folder": DatasetSpec((0, 0, 3), 0, 256, caption_length=128, any_size=True),
 }
 
 
@@ -69,14 +74,32 @@ def _uint8_to_unit(image: np.ndarray, spec: DatasetSpec) -> np.ndarray:
 
 
 def open_dataset(name: str, split: str, *, data_dir: Optional[str] = None,
-                 download: bool = False) -> tuple[DatasetSpec, object, Callable]:
-    """(spec, random-access source, example -> (image in [-1, 1], label))."""
+                 download: bool = False, image_shape: Optional[tuple] = None,
+                 tokenize: Optional[Callable] = None) -> tuple[DatasetSpec, object, Callable]:
+    """(spec, random-access source, example -> (image in [-1, 1], label)).
+
+    `image_shape`: the shape the caller needs; a data set of any size (`folder`) is resized to
+    it, any other must have it. `tokenize(captions) -> (N, L) int32`: the tokens of a captioned
+    data set's labels (default: byte tokens of the spec's caption_length)."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; valid: {', '.join(sorted(DATASETS))}")
     spec = DATASETS[name]
+    if spec.any_size and image_shape is None:
+        raise DataError(f"data set {name!r} has images of any size: give the shape to read")
+    if (image_shape is not None and not spec.any_size
+            and tuple(image_shape) != tuple(spec.image_shape)):
+        raise DataError(f"data set {name!r} has images of shape {tuple(spec.image_shape)}, not "
+                        f"the {tuple(image_shape)} asked for")
     if name == "shapes":
-        images, tokens, _ = shapes.load_shapes(split)
+        images, tokens, texts = shapes.load_shapes(split)
+        if tokenize is not None:
+            tokens = np.asarray(tokenize(texts), np.int32)
         return spec, ArraySource(images, tokens), _identity_example
+    if name == "folder":
+        if tokenize is None:
+            tokenize = lambda texts: text.tokenize_all(list(texts), spec.caption_length)  # noqa: E731
+        source = folder.CaptionFolder(folder.split_directory(data_dir, split))
+        return spec, source, folder.decoder(image_shape, tokenize)
     if spec.tfds_name is None:
         return spec, ArraySource(*digits.load_digits_arrays(split)), _identity_example
     from diffusion_jax.data.tfds_source import open_source
@@ -90,10 +113,21 @@ def open_dataset(name: str, split: str, *, data_dir: Optional[str] = None,
     return spec, source, decode
 
 
+def captions(name: str, split: str, *, data_dir: Optional[str] = None) -> list[str]:
+    """The captions of a captioned data set's `split`, in order (no image is read)."""
+    if name == "shapes":
+        return list(shapes.load_shapes(split)[2])
+    if name == "folder":
+        return folder.CaptionFolder(folder.split_directory(data_dir, split)).captions
+    raise DataError(f"data set {name!r} has no captions")
+
+
 def first_images(name: str, split: str, count: int, *, data_dir: Optional[str] = None,
-                 download: bool = False) -> np.ndarray:
-    """The first `count` images of `split` (all, when it has fewer), in [-1, 1]."""
-    _, source, decode = open_dataset(name, split, data_dir=data_dir, download=download)
+                 download: bool = False, image_shape: Optional[tuple] = None) -> np.ndarray:
+    """The first `count` images of `split` (all, when it has fewer), in [-1, 1] (of
+    `image_shape`, see `open_dataset`)."""
+    _, source, decode = open_dataset(name, split, data_dir=data_dir, download=download,
+                                     image_shape=image_shape)
     return np.stack([decode(source[i])[0] for i in range(min(count, len(source)))])
 
 

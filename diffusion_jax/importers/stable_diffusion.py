@@ -523,3 +523,115 @@ def load_single_file(state_dict: StateDict, base,
     if "conv_in.weight" in states["unet"]:
         configs["unet"]["in_channels"] = int(states["unet"]["conv_in.weight"].shape[1])
     return _assemble(states, configs, tokenizer)
+
+
+# ---- one network at a time, and the configs alone
+
+@dataclasses.dataclass(frozen=True)
+class StableDiffusionConfigs:
+    """What a Stable Diffusion model is without its weights: the module keyword arguments of
+    `SDUNet`, `CLIPTextEncoder` and `vae.AutoencoderKL`, the latent `scaling_factor`, the
+    training `scheduler`, the U-Net's latent `sample_size` and the `tokenizer` (None when the
+    source has none)."""
+
+    unet_config: dict
+    text_encoder_config: dict
+    vae_config: dict
+    scaling_factor: float
+    scheduler: SchedulerConfig
+    sample_size: int
+    tokenizer: Optional[CLIPTokenizer]
+
+
+SINGLE_FILE_CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
+
+
+def _single_file_in_channels(path: str) -> int:
+    """The U-Net input channels of a single-file checkpoint (9 for the inpainting models), from
+    a .safetensors header alone, or from a torch file's tensors."""
+    if path.endswith(".safetensors"):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int(np.frombuffer(f.read(8), "<u8")[0])))
+        shape = header.get(SINGLE_FILE_CONV_IN, {}).get("shape")
+    else:
+        from diffusion_jax.importers.torch_files import load_state_dict
+
+        tensor = load_state_dict(path).get(SINGLE_FILE_CONV_IN)
+        shape = None if tensor is None else tensor.shape
+    if shape is None:
+        raise ConfigError(f"{path!r} has no {SINGLE_FILE_CONV_IN}: not a Stable Diffusion "
+                          f"single-file checkpoint")
+    return int(shape[1])
+
+
+def _directory_configs(path: str) -> dict:
+    configs = {"scheduler": read_json(os.path.join(path, "scheduler", "scheduler_config.json"))}
+    for name in WEIGHT_FILES:
+        configs[name] = read_json(os.path.join(path, name, "config.json"))
+    return configs
+
+
+def source_configs(source: str, base: str = "") -> dict:
+    """The diffusers-format {"unet", "text_encoder", "vae", "scheduler"} configs of `source`: a
+    model directory's files; for a single-file checkpoint (or no source) those of `base` (a
+    name of `RELEASED`, or a model directory whose architecture the file shares), with the
+    file's U-Net input channels."""
+    if source and os.path.isdir(source):
+        return _directory_configs(source)
+    if source and not os.path.isfile(source):
+        raise ConfigError(f"Stable Diffusion source {source!r} is neither a model directory "
+                          f"nor a checkpoint file")
+    if base and os.path.isdir(base):
+        configs = _directory_configs(base)
+    elif base in RELEASED:
+        configs = {name: dict(config) for name, config in RELEASED[base].items()}
+    else:
+        raise ConfigError(f"unknown Stable Diffusion base {base!r}; valid: a model directory "
+                          f"or {', '.join(sorted(RELEASED))}")
+    if source:
+        configs["unet"] = dict(configs["unet"], in_channels=_single_file_in_channels(source))
+    return configs
+
+
+def read_configs(source: str, base: str = "", tokenizer_dir: str = "") -> StableDiffusionConfigs:
+    """`StableDiffusionConfigs` of `source` (see `source_configs`), with the tokenizer of
+    `tokenizer_dir`, else of the `tokenizer/` of the model directory `source` or `base`; no
+    weights are read."""
+    configs = source_configs(source, base)
+    for directory in (source, base):
+        if not tokenizer_dir and directory and os.path.isdir(directory):
+            tokenizer_dir = os.path.join(directory, "tokenizer")
+    return StableDiffusionConfigs(
+        unet_config=unet_config(configs["unet"]),
+        text_encoder_config=text_encoder_config(configs["text_encoder"]),
+        vae_config=vae_config(configs["vae"]),
+        scaling_factor=float(configs["vae"].get("scaling_factor", 0.18215)),
+        scheduler=scheduler_config(configs["scheduler"]),
+        sample_size=int(configs["unet"].get("sample_size", 64)),
+        tokenizer=CLIPTokenizer.from_dir(tokenizer_dir) if tokenizer_dir else None)
+
+
+COMPONENT_PARAMS = {"unet": (unet_params, unet_config),
+                    "text_encoder": (text_encoder_params, text_encoder_config),
+                    "vae": (vae_params, vae_config)}
+
+
+def load_component(source: str, component: str, base: str = "", variant: str = "") -> dict:
+    """The parameters of one network ('unet', 'text_encoder' or 'vae') of `source`: a diffusers
+    model directory (only that network's files are read; `variant` e.g. 'fp16'), or a
+    single-file checkpoint (.safetensors or a torch file such as .ckpt) with the configs of
+    `base` (`source_configs`)."""
+    if component not in COMPONENT_PARAMS:
+        raise ConfigError(f"unknown Stable Diffusion component {component!r}; valid: "
+                          f"{', '.join(COMPONENT_PARAMS)}")
+    to_params, to_kwargs = COMPONENT_PARAMS[component]
+    configs = source_configs(source, base)
+    if os.path.isdir(source):
+        stem = WEIGHT_FILES[component]
+        file = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
+        state = read_safetensors(os.path.join(source, component, file))
+    else:
+        from diffusion_jax.importers.torch_files import load_state_dict
+
+        state = single_file_components(load_state_dict(source), configs)[component]
+    return to_params(state, to_kwargs(configs[component]))

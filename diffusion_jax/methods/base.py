@@ -10,9 +10,12 @@ subclass `Method` explicitly and so inherit the no-op defaults below.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Optional, Protocol
+from typing import Any, Callable, ClassVar, Optional, Protocol, Sequence
 
 import jax
+import numpy as np
+
+from diffusion_jax import guidance, text
 
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.samplers import solvers
@@ -45,6 +48,19 @@ class TrainingImages:
     """The first `count` training images of the run's data set, as a host array in [-1, 1]."""
 
     count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedWeights:
+    """One network of a released checkpoint, converted by an importer (`runs.resolve`): `source`
+    a diffusers model directory, or a single-file checkpoint (.safetensors / .ckpt) read with the
+    released configs of `base`; `component` 'unet', 'text_encoder' or 'vae'; `variant` the
+    directory's weight-file variant ('fp16': `<name>.fp16.safetensors`)."""
+
+    source: str
+    component: str
+    base: str = ""
+    variant: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +104,37 @@ class Method(Protocol):
         """The input shape of `apply` (latents for latent diffusion)."""
         return tuple(self.image_shape)
 
+    def example_condition(self, batch: int = 1):
+        """A condition of the form `apply` takes, for `batch` examples (initialisation, FLOP
+        counts): labels, caption tokens or None (`guidance.example_condition`)."""
+        return guidance.example_condition(self.num_classes, self.caption_length, batch)
+
+    # --- captions --------------------------------------------------------------------------
+    def tokenize(self, captions: Sequence[str]) -> np.ndarray:
+        """(N, caption_length) int32 tokens of `captions`, the conditions of a caption-conditional
+        method: UTF-8 byte tokens (`diffusion_jax.text`) unless the method has its own tokenizer."""
+        return text.tokenize_all(list(captions), self.caption_length)
+
+    def detokenize(self, tokens) -> str:
+        """The caption of one row of `tokenize`'s tokens."""
+        return text.detokenize(tokens)
+
     # --- training ------------------------------------------------------------------------
     def loss(self, params, batch: dict, rng: jax.Array, aux: Aux, step) -> tuple:
         """(scalar loss, dict of scalar metrics) of `batch = {"image", "label"}`."""
 
     def requirements(self) -> dict:
         """What the launcher layer must restore before a fresh run, by aux key: `RunWeights`,
-        `WeightsFile`, `TrainingImages` (nested dicts for an inner method)."""
+        `WeightsFile`, `TrainingImages`, `PretrainedWeights` (nested dicts for an inner
+        method)."""
         return {}
+
+    @property
+    def pretrained(self) -> bool:
+        """True when `start` takes every parameter and aux array from the restored requirements
+        (a released model): sample and eval modes then run without a training checkpoint, on
+        the state those give (`runs.restore_or_pretrained`)."""
+        return False
 
     def init_aux(self, params, rng: jax.Array) -> Aux:
         """The aux state with the shapes it will have (pure; frozen weights as placeholders)."""
