@@ -189,8 +189,8 @@ def stable_diffusion_config(base: str = "sd15") -> ml_collections.ConfigDict:
     folder, `data.data_dir`): diffusers' train_text_to_image example settings, AdamW lr 1e-5
     (weight decay 0.01), clip 1, EMA 0.9999, caption dropout 0.1 (as the released models were
     trained); batch and mesh to the devices (`mesh.fsdp` shards the U-Net and its optimizer
-    state). Eval: FID against the folder's test images and the CLIP score of the samples
-    against their captions (`eval.clip_model_dir`, a transformers CLIPModel directory).
+    state). Not wired yet: `--mode=eval` metrics for these models (FID against a folder's test
+    images, CLIP score).
     """
     c = base_config()
     c.method = "stable_diffusion"
@@ -212,6 +212,5 @@ def stable_diffusion_config(base: str = "sd15") -> ml_collections.ConfigDict:
                       rho=7.0, eta=1.0, S_noise=1.0, S_churn=0.0, order=3,
                       **dict(guidance_defaults(), guidance_scale=7.5))
     c.edit.strength = 0.75
-    c.eval.update(num_samples=1000, batch_size=8, reference_split="test", num_reference=1000,
-                  clip_model_dir="")
+    c.eval.update(num_samples=1000, batch_size=8, reference_split="test", num_reference=1000)
     return c

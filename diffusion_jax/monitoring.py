@@ -3,11 +3,16 @@ gradient norm against step), TensorBoard event files (`logging.tensorboard`, wri
 tensorboardX: no TensorFlow), an optional Weights & Biases run (`logging.wandb_project`; never
 contacted unless set), and a grid of `training.preview_samples` samples at every checkpoint
 (`samples/step_<N>.png`). `metrics.jsonl` stays the source of truth: every sink gets its rows.
+A consistency model whose one-step samples lose their spread (`onestep_spread`, the standard
+deviation of one-step samples of a fixed noise batch over the data batch's, below
+COLLAPSE_SPREAD, from a tenth of the way into training on: a network at initialisation has
+little spread yet) is collapsing towards a constant function: one warning line says so.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 
 import jax
@@ -18,6 +23,7 @@ from diffusion_jax.errors import ConfigError
 from diffusion_jax.training.loop import Hooks
 
 PLOT_EVERY_S = 10.0  # redraw plots/loss.png at most this often between checkpoints
+COLLAPSE_SPREAD = 0.5  # `onestep_spread` below this fraction of the data's: a collapsing model
 
 
 def check(config) -> None:
@@ -40,6 +46,7 @@ def training_hooks(config, workdir: str, mesh, method, sampler, conditions=None)
             last_plot[0] = time.monotonic()
 
     on_log.append(lambda step, metrics: plot(step))
+    on_log.append(collapse_warning(config.training.num_steps))
     on_checkpoint.append(lambda step, state: plot(step, force=True))
     if config.logging.tensorboard:
         from tensorboardX import SummaryWriter
@@ -60,6 +67,22 @@ def training_hooks(config, workdir: str, mesh, method, sampler, conditions=None)
     if config.training.preview_samples:
         on_checkpoint.append(_preview(config, workdir, mesh, method, sampler, conditions))
     return Hooks(tuple(on_log), tuple(on_checkpoint))
+
+
+def collapse_warning(num_steps: int):
+    """on_log: one warning line, the first time `onestep_spread` is below COLLAPSE_SPREAD at a
+    step >= num_steps / 10."""
+    warned = [False]
+
+    def warn(step, metrics):
+        spread = metrics.get("onestep_spread")
+        if (spread is not None and spread < COLLAPSE_SPREAD and 10 * step >= num_steps
+                and not warned[0]):
+            warned[0] = True
+            print(f"warning: step {step}: one-step samples have {spread:.2f} of the data's "
+                  f"spread (onestep_spread < {COLLAPSE_SPREAD}): the consistency model is "
+                  f"collapsing towards a constant", file=sys.stderr, flush=True)
+    return warn
 
 
 def _preview(config, workdir, mesh, method, sampler, conditions):

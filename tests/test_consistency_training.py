@@ -159,3 +159,18 @@ def test_ct_collapses_with_the_papers_target_ema_at_this_budget_or_without_stop_
         assert not reproduces_the_mixture(x), name
         print(name, spread[-1])
         assert spread[-1] < 0.5, name
+
+
+def test_the_collapse_guard_warns_once_and_not_for_a_network_that_keeps_its_spread(capsys):
+    from diffusion_jax.monitoring import collapse_warning
+
+    warn = collapse_warning(num_steps=1000)
+    for step, spread in ((50, 0.1), (100, 0.9), (200, 0.3), (300, 0.2)):
+        warn(step, {"loss": 1.0, "onestep_spread": spread})
+    lines = capsys.readouterr().err.splitlines()
+    # the step-50 row is before a tenth of training (an untrained network has no spread yet)
+    assert len(lines) == 1 and lines[0].startswith("warning: step 200:"), lines
+    healthy = collapse_warning(num_steps=1000)  # control: spread near the data's, no warning
+    for step in range(100, 1001, 100):
+        healthy(step, {"loss": 1.0, "onestep_spread": 0.95})
+    assert capsys.readouterr().err == ""
