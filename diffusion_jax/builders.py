@@ -57,7 +57,7 @@ def num_classes(config) -> int:
 def caption_length(config) -> int:
     """Caption tokens the model is conditioned on: CLIP's 77 for Stable Diffusion, else 0 unless
     `text.encoder` is not 'none'."""
-    if config.method == "stable_diffusion":
+    if config.get("method") == "stable_diffusion":
         return CLIP_CONTEXT_LENGTH
     t = config.get("text")
     if t is None or t.encoder == "none":

@@ -1,6 +1,8 @@
 """Text conditioning: byte tokens, the captioned shapes data set, cross-attention blocks, text
 encoders, the U-Net, NCSN++ and DiT backbones, guidance by caption, and `--prompt` in sample
 mode."""
+import glob
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -283,7 +285,8 @@ def test_prompt_in_sample_mode_draws_that_caption(trained_text_model):
     result = _launch_one_device(workdir, "--mode=sample", f"--prompt={RED_LEFT}",
                                 f"--negative_prompt={BLUE_LEFT}")
     assert result.returncode == 0, result.stderr[-3000:]
-    out = np.load(f"{workdir}/samples/step_400_prompt.npz")
+    (path,) = glob.glob(f"{workdir}/samples/sample_400_*_prompt.npz")
+    out = np.load(path)
     assert out["images"].shape == (32, 16, 16, 3)
     assert set(out["captions"].tolist()) == {RED_LEFT}
     assert np.mean(shapes.colour_of(out["images"]) == 0) >= 0.9

@@ -251,10 +251,20 @@ class StableDiffusion(Method):
         F = guidance.guide(self._network(params), c, 0, 0, sampler.guidance,
                            sigma_of=denoisers.discrete_sigma_of_t(self.schedule), uncond=uncond)
         D = denoisers.from_discrete(F, self.prediction, self.schedule, mode="interpolate")
+        return self._grid_model(lambda x, sigma, _=None: D(x, sigma, c))
+
+    def _grid_model(self, denoiser) -> solvers.DenoiserModel:
+        """`denoiser` with the schedule's sigma range, as the shared solvers' grids see it."""
         alpha_bars = np.asarray(self.schedule.alpha_bars, np.float64)[[0, -1]]
         sigma_min, sigma_max = np.sqrt((1.0 - alpha_bars) / alpha_bars)
-        return solvers.DenoiserModel(lambda x, sigma, _=None: D(x, sigma, c), float(sigma_min),
-                                     float(sigma_max), self.schedule)
+        return solvers.DenoiserModel(denoiser, float(sigma_min), float(sigma_max), self.schedule)
+
+    def check_sampler(self, sampler: Sampler) -> None:
+        """The grid check of `Method.check_sampler` without encoding a prompt (no weights yet)."""
+        if sampler.method not in solvers.SOLVERS:
+            raise ConfigError(f"unknown sampler {sampler.method!r} for {type(self).__name__}; "
+                              f"valid: {', '.join(self.sampler_names)}")
+        solvers.check(sampler, self._grid_model(None))
 
     def conditional_denoiser(self, params, aux=None):
         """The unguided D(x, sigma, tokens) (a distillation teacher)."""
