@@ -6,7 +6,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import flax.linen as nn  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 from configs.ddpm import digits  # noqa: E402
+from diffusion_jax.models.layers import sinusoidal_embedding  # noqa: E402
 
 TINY_MODEL = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
 TINY_OVERRIDES = ["--config.model.ch=16", "--config.model.ch_mult=(1,2)",
@@ -112,3 +116,17 @@ def max_relative_error(actual, expected):
 
     expected = np.asarray(expected, np.float64)
     return float(np.max(np.abs(np.asarray(actual, np.float64) - expected)) / np.max(np.abs(expected)))
+
+
+class MLP(nn.Module):
+    """A small backbone for 2-D data: F(x, c_noise) with a sinusoidal embedding of c_noise
+    (the consistency tests' network)."""
+
+    width: int = 128
+
+    @nn.compact
+    def __call__(self, x, t, cond=None, train=False):
+        h = jnp.concatenate([x, sinusoidal_embedding(t * 250.0, 32)], axis=-1)
+        for _ in range(3):
+            h = nn.silu(nn.Dense(self.width)(h))
+        return nn.Dense(x.shape[-1])(h)

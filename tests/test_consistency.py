@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,12 +13,11 @@ import optax
 import pytest
 
 import helpers
-from helpers import ROOT
+from helpers import MLP, ROOT
 from diffusion_jax import analytic, builders, preconditioning, runs
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.losses import consistency as objectives
 from diffusion_jax.methods.consistency import Consistency
-from diffusion_jax.models.layers import sinusoidal_embedding
 from diffusion_jax.samplers import consistency as cm_sampler
 from diffusion_jax.samplers import edm as edm_samplers
 from configs.consistency import digits_cd
@@ -33,19 +31,6 @@ SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 def exact_consistency_fn(x, sigma, cond=None):
     """f*(x, sigma): the exact probability-flow ODE map of the Gaussian from sigma to sigma_min."""
     return analytic.gaussian_ode_flow(x, MEAN, COV, sigma, SIGMA_MIN)
-
-
-class MLP(nn.Module):
-    """A small backbone for 2-D data: F(x, c_noise) with a sinusoidal embedding of c_noise."""
-
-    width: int = 128
-
-    @nn.compact
-    def __call__(self, x, t, cond=None, train=False):
-        h = jnp.concatenate([x, sinusoidal_embedding(t * 250.0, 32)], axis=-1)
-        for _ in range(3):
-            h = nn.silu(nn.Dense(self.width)(h))
-        return nn.Dense(x.shape[-1])(h)
 
 
 def test_boundary_condition_holds_exactly_for_random_parameters():

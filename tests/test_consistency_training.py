@@ -2,16 +2,15 @@
 Dhariwal 2023) on a three-component Gaussian mixture: the one-step samples must put the right
 mass near each component and centre it on the component's mean, and the same check must reject
 the collapsed constant consistency function and the collapses this file's controls provoke."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from helpers import MLP
 from diffusion_jax.losses import consistency as objectives
 from diffusion_jax.methods.consistency import Consistency
-from diffusion_jax.models.layers import sinusoidal_embedding
 
 WEIGHTS = np.array([0.5, 0.3, 0.2])
 MEANS = np.array([[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]])
@@ -23,19 +22,6 @@ NUM_SAMPLES = 4096
 # models below measured at most 0.04 and 0.19.
 WEIGHT_BIAS = 0.04
 MEAN_TOLERANCE = 0.25
-
-
-class MLP(nn.Module):
-    """A small backbone for 2-D data: F(x, c_noise) with a sinusoidal embedding of c_noise."""
-
-    width: int = 128
-
-    @nn.compact
-    def __call__(self, x, t, cond=None, train=False):
-        h = jnp.concatenate([x, sinusoidal_embedding(t * 250.0, 32)], axis=-1)
-        for _ in range(3):
-            h = nn.silu(nn.Dense(self.width)(h))
-        return nn.Dense(x.shape[-1])(h)
 
 
 def sample_mixture(rng, n):
