@@ -5,6 +5,7 @@
     python launch.py --config=... --config.training.num_steps=10 --mode=info|sample|eval
     python launch.py --config=configs/text/shapes_edm.py --mode=sample --prompt="a red circle on the left"
     python launch.py --experiment=experiments/NAME.py[:arg] --workdir=DIR [--parallel=N] [--dry_run]
+    python launch.py --experiment=experiments/NAME.py[:arg] --workdir=DIR --emit=slurm  # job arrays
     python launch.py --report=DIR | --status=DIR      # rebuild a sweep's results / print its state
 
 With `--experiment`, `--config.KEY=VALUE` arguments are added to every member's commands (e.g.
@@ -12,6 +13,7 @@ a data directory). Config and experiment errors (unknown keys, bad values, unkno
 experiment files) print one line and exit with status 2.
 """
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -70,6 +72,12 @@ def define_flags(argv):
     flags.DEFINE_bool("dry_run", False, "with --experiment: list the members and their commands")
     flags.DEFINE_integer("parallel", 1, "with --experiment: members run at once (each on its "
                          "slice of the local GPUs)")
+    flags.DEFINE_enum("emit", "", ["", "slurm"], "with --experiment: write scheduler scripts "
+                      "that run the members (DIR/slurm/submit.sh) instead of running them")
+    flags.DEFINE_string("slurm_options", "", "with --emit=slurm: #SBATCH options of every array "
+                        "task, e.g. '--gres=gpu:1 --time=24:00:00'")
+    flags.DEFINE_string("job", "", "with --experiment: run this one job (train/NAME or "
+                        "members/NAME, as --dry_run lists them): a scheduler's array task")
     if _is_sweep_command(argv):
         return
     _check_override_keys(argv)
@@ -127,6 +135,17 @@ def sweep_main() -> int:
 
     if FLAGS.dry_run:
         return runner.dry_run(experiment, workdir, MEMBER_OVERRIDES)
+    if FLAGS.job:
+        return runner.run_job(experiment, workdir, FLAGS.job, extra_args=MEMBER_OVERRIDES,
+                              title=FLAGS.experiment)
+    if FLAGS.emit == "slurm":
+        from diffusion_jax.sweep import slurm
+
+        directory, jobs = runner.prepare(experiment, workdir, MEMBER_OVERRIDES, FLAGS.experiment)
+        path = slurm.write_scripts(FLAGS.experiment, directory, jobs, MEMBER_OVERRIDES,
+                                   shlex.split(FLAGS.slurm_options))
+        print(f"wrote {path}: submit with bash {path}")
+        return 0
     return runner.run_experiment(experiment, workdir, parallel=FLAGS.parallel,
                                  extra_args=MEMBER_OVERRIDES, title=FLAGS.experiment)
 

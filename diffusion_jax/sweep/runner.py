@@ -18,6 +18,8 @@ The experiment directory DIR holds:
 - `status.json` (the live view, `status.py`) and `results.md`, `results.csv`, `plots/`
   (`report.py`).
 A member with `done.json` is finished and skipped on a re-run; any other member runs (again).
+A cluster's scheduler can run the jobs instead of the local pool: `run_job` runs one job by name
+(what each array task of `slurm.write_scripts` does), recording it the same way.
 """
 from __future__ import annotations
 
@@ -226,10 +228,10 @@ def _write_json(path: str, data: dict) -> None:
 class _Runner:
     """Starts ready jobs on free workers, polls them, and records each outcome."""
 
-    def __init__(self, directory, jobs, environments, metrics, out):
+    def __init__(self, directory, jobs, environments, metrics, out, view=None):
         self.jobs, self.environments = jobs, environments
         self.running = {}  # worker -> (job, command index, Popen, log files)
-        self.view = status.LiveView(directory, jobs, metrics, out)
+        self.view = view or status.LiveView(directory, jobs, metrics, out)
 
     def run(self) -> None:
         self.view.update()
@@ -319,12 +321,9 @@ class _Runner:
         self.view.update(job)
 
 
-def run_experiment(experiment: Experiment, directory: str, *, parallel: int = 1,
-                   extra_args=(), title: str = "", out=sys.stdout) -> int:
-    """Run every unfinished member (skipping those with `done.json`), `parallel` at a time, then
-    write the report (headed `title`, e.g. the experiment file; default the directory's name).
-    Returns 0 when every member is done, 1 when some failed. A SIGTERM stops the running
-    commands (training saves a checkpoint) before exiting with 143."""
+def prepare(experiment: Experiment, directory: str, extra_args=(), title: str = ""):
+    """Check the experiment, its extra arguments and the directory, write `experiment.json`;
+    returns (absolute directory, the jobs of `plan`)."""
     members = experiment.validate()
     check_extra_args(experiment, extra_args)
     directory = os.path.abspath(directory)
@@ -336,6 +335,43 @@ def run_experiment(experiment: Experiment, directory: str, *, parallel: int = 1,
         extra_args=list(extra_args),
         members=[dict(name=member_name(v), values=v, training=training_name(v))
                  for v in members]))
+    return directory, jobs
+
+
+def run_job(experiment: Experiment, directory: str, name: str, *, extra_args=(),
+            title: str = "", out=sys.stdout) -> int:
+    """One job of the plan, `train/<training>` or `members/<member>` (as `--dry_run` names
+    them), run as the local runner runs it and recorded the same way (`done.json` or
+    `failed.json`, logs): what one array task of a scheduler does. A finished job is skipped; a
+    member whose training run is not done fails at once with that error. `status.json` shows
+    the other jobs as their directories say (done, failed, else pending). 0 when done."""
+    directory, jobs = prepare(experiment, directory, extra_args, title)
+    job = next((j for j in jobs if j.name == name), None)
+    if job is None:
+        raise ConfigError(f"no job {name!r} in this experiment (--dry_run lists them)")
+    for other in jobs:
+        failed = os.path.join(other.workdir, "failed.json")
+        if other is not job and other.state == "pending" and os.path.exists(failed):
+            with open(failed) as f:
+                other.state, other.error = "failed", json.load(f)["error"]
+    view = status.LiveView(directory, jobs, experiment.metrics, out)
+    runner = _Runner(directory, [job], [dict(os.environ)], experiment.metrics, out, view)
+    if job.state == "done":
+        return 0
+    if job.after is not None and job.after.state != "done":
+        runner._record_failure(job, f"its training run {job.after.name} is not done")
+        return 1
+    runner.run()
+    return 0 if job.state == "done" else 1
+
+
+def run_experiment(experiment: Experiment, directory: str, *, parallel: int = 1,
+                   extra_args=(), title: str = "", out=sys.stdout) -> int:
+    """Run every unfinished member (skipping those with `done.json`), `parallel` at a time, then
+    write the report (headed `title`, e.g. the experiment file; default the directory's name).
+    Returns 0 when every member is done, 1 when some failed. A SIGTERM stops the running
+    commands (training saves a checkpoint) before exiting with 143."""
+    directory, jobs = prepare(experiment, directory, extra_args, title)
     runner = _Runner(directory, jobs, worker_environments(parallel), experiment.metrics, out)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) if main_thread else None

@@ -105,7 +105,8 @@ class LiveView:
             self._write(self.snapshot())
 
     def _write(self, status: dict) -> None:
-        with open(self.path + ".tmp", "w") as f:
+        tmp = f"{self.path}.{os.getpid()}.tmp"  # array tasks of one sweep write it at once
+        with open(tmp, "w") as f:
             json.dump(status, f, indent=2)
-        os.replace(self.path + ".tmp", self.path)
+        os.replace(tmp, self.path)
         self.last_write = time.time()
