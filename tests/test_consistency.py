@@ -337,7 +337,7 @@ def test_digits_teacher_then_cd_then_one_and_two_step_samples_through_the_launch
                      f"--config.consistency.teacher_workdir={teacher}",
                      "--config.sampling.method=multistep", "--config.sampling.num_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    two = np.load(student / "samples" / "step_10.npz")["images"]
+    two = np.load(student / "samples" / "sample_10_1.npz")["images"]
     assert two.shape == (8, 8, 8, 1) and not np.allclose(one, two)
     # a teacher of another shape is refused before training starts
     result = _launch(tmp_path / "bad", "configs/consistency/digits_cd.py",

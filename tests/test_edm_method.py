@@ -107,5 +107,5 @@ def test_launch_trains_samples_and_resamples_with_dpm_solver(tmp_path):
     result = tiny_launch(tmp_path, "--mode=sample", "--config.sampling.method=dpm_solver_pp_2m",
                          "--config.sampling.num_steps=10")
     assert result.returncode == 0, result.stderr[-3000:]
-    samples = np.load(tmp_path / "samples" / "step_20.npz")["images"]
+    samples = np.load(tmp_path / "samples" / "sample_20_1.npz")["images"]
     assert samples.shape == (8, 8, 8, 1) and np.isfinite(samples).all()

@@ -230,7 +230,7 @@ def test_launcher_samples_from_an_imported_edm_snapshot(tmp_path):
          "--config.sampling.num_steps=2"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert sample.returncode == 0, sample.stderr[-2000:]
-    assert np.load(os.path.join(run, "samples", "step_0.npz"))["images"].shape == (2, 32, 32, 3)
+    assert np.load(os.path.join(run, "samples", "sample_0_1.npz"))["images"].shape == (2, 32, 32, 3)
 
 
 def test_cli_reports_a_missing_directory_as_one_line(tmp_path):

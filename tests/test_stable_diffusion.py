@@ -149,8 +149,8 @@ def test_sample_mode_runs_from_a_model_directory_and_matches_the_python_api(tmp_
     config.sampling.update(num_samples=4, batch_size=4, seed=42)
     workdir = str(tmp_path / "run")
     assert launcher.run(config, workdir, "sample", prompt=PROMPT, negative_prompt=NEGATIVE) == 0
-    assert os.path.isfile(os.path.join(workdir, "samples", "step_0_prompt.png"))
-    cli = np.load(os.path.join(workdir, "samples", "step_0_prompt.npz"))["images"]
+    assert os.path.isfile(os.path.join(workdir, "samples", "sample_0_42_prompt.png"))
+    cli = np.load(os.path.join(workdir, "samples", "sample_0_42_prompt.npz"))["images"]
     assert cli.shape == (4, 32, 32, 3) and np.all(np.abs(cli) <= 1.0)
 
     pipe = StableDiffusion.load(TINY)
@@ -222,6 +222,7 @@ def test_inpainting_unet_is_conditioned_on_mask_and_masked_latents():
 
 
 @pytest.mark.slow
+@pytest.mark.devices(2)
 def test_fine_tuning_trains_the_unet_and_keeps_text_encoder_and_vae_frozen(tmp_path):
     """configs/stable_diffusion/shapes_tiny.py for 3 steps (bf16 compute, remat, the U-Net and
     its optimizer state sharded over fsdp = 2): the loss is finite, the U-Net moves away from
