@@ -275,6 +275,12 @@ def test_guidance_on_the_first_channels_keeps_the_conditional_output_on_the_othe
     np.testing.assert_allclose(part[..., 0], full[..., 0], rtol=1e-5)
     np.testing.assert_allclose(part[..., 1], plain[..., 1], rtol=1e-5)
     assert float(jnp.max(jnp.abs(full[..., 1] - plain[..., 1]))) > 1e-2  # guidance acts
+    # at t = 1 (alpha = 0) the configs' finite upper limit 1e9 still guides
+    t1 = jnp.ones((8,))
+    limited = method.sampler(guidance_scale=3.0, guidance_sigma_hi=1e9)
+    np.testing.assert_allclose(method.velocity_fn({}, cond, limited)(x, t1, cond),
+                               method.velocity_fn({}, cond, method.sampler(
+                                   guidance_scale=3.0))(x, t1, cond), rtol=1e-5)
 
 
 def test_the_digits_config_builds_and_rejects_bad_names():
@@ -306,3 +312,19 @@ def test_a_few_steps_of_the_digits_config_through_the_launcher(tmp_path):
         "--config.sampling.method=flow_sde", "--config.sampling.num_steps=8")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "samples" / "step_4.npz").exists()
+
+
+def test_the_sit_xl2_config_has_sits_parameter_count_and_settings():
+    """configs/flow/imagenet256_sit_xl2.py: DiT-XL/2 with learn_sigma on 32x32x4 latents and
+    1000 classes is 674,834,720 parameters (FRONTIER.md section 2), sampled with the SDE, 250
+    points, guidance 1.5, velocity on the linear path."""
+    from configs.flow import imagenet256_sit_xl2
+
+    config = imagenet256_sit_xl2.get_config()
+    method = builders.build_method(config)
+    shapes = jax.eval_shape(method.init_params, jax.random.key(0))
+    assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes)) == 674_834_720
+    sampler = builders.build_sampler(config, method)
+    assert (sampler.method, sampler.num_steps, sampler.guidance_scale) == ("flow_sde", 250, 1.5)
+    assert method.prediction == "velocity" and isinstance(method.path, itp.Linear)
+    assert method.num_classes == 1000

@@ -63,9 +63,12 @@ class Flow(NetworkMethod):
         return PREDICTIONS[self.prediction]
 
     def network(self, params, *, train: bool = False, rng=None) -> Callable:
-        """The raw prediction F(x_t, t[, cond]) at our time t (B,)."""
-        return lambda x, t, cond=None: self.apply(params, x, self.time_scale * t, cond,
-                                                  train=train, rng=rng)
+        """The raw prediction F(x_t, t[, cond]) at our time t (B,): the network's first C output
+        channels for C input channels (a `learn_sigma` DiT's second half dropped, as SiT does)."""
+        def F(x, t, cond=None):
+            out = self.apply(params, x, self.time_scale * t, cond, train=train, rng=rng)
+            return out[..., :x.shape[-1]]
+        return F
 
     def sample_t(self, rng: jax.Array, n: int) -> jax.Array:
         """Training times from `t_distribution`."""
@@ -103,10 +106,12 @@ class Flow(NetworkMethod):
 
     def guided_prediction(self, params, cond, sampler: Sampler) -> Callable:
         """F guided as `sampler.guidance` says (`guidance.guide`, the interval in EDM sigma
-        sigma_t / alpha_t, optionally on the first `guidance_channels` channels)."""
+        sigma_t / alpha_t, optionally on the first `guidance_channels` channels). t = 1, where
+        alpha may be 0, counts as t = 1 - 1e-7 (sigma ~ 1e7, inside the configs' finite
+        'no upper limit' 1e9)."""
+        sigma_of = lambda t: interpolants.edm_sigma(self.path, jnp.minimum(t, 1.0 - 1e-7))
         return guidance.guide(self.network(params), cond, self.num_classes, self.caption_length,
-                              sampler.guidance,
-                              sigma_of=lambda t: interpolants.edm_sigma(self.path, t))
+                              sampler.guidance, sigma_of=sigma_of)
 
     def velocity_fn(self, params, cond, sampler: Sampler) -> Callable:
         """The (guided) velocity v(x_t, t[, cond]) converted from the network's prediction."""
