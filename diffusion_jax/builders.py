@@ -18,6 +18,7 @@ from diffusion_jax.methods import consistency, score_sde
 from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM
+from diffusion_jax.methods.flow import PREDICTIONS as FLOW_PREDICTIONS, Flow
 from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.methods.stable_diffusion import StableDiffusion
 from diffusion_jax.models.autoencoder import AutoencoderKL
@@ -29,7 +30,7 @@ from diffusion_jax.models.text_encoder import (ByteTextEncoder, PrecomputedTextE
                                                TextConditioned, load_embedding_table)
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.models.vae import AutoencoderKL as SDAutoencoderKL
-from diffusion_jax.processes import parameterization, schedules, sde as sdes
+from diffusion_jax.processes import interpolants, parameterization, schedules, sde as sdes
 from diffusion_jax.samplers import edm as edm_samplers
 from diffusion_jax.samplers import sampler as sampler_lib
 
@@ -267,6 +268,35 @@ def build_score_sde(config, model, image_shape):
         caption_length=caption_length(config), loss_weighting=loss_weighting)
 
 
+def build_flow(config, model, image_shape):
+    """Flow matching (`methods.flow`) around `model`: the interpolant `flow.interpolant`
+    (linear with `sigma_min`, gvp, vp), `flow.prediction`, `flow.t_distribution` (logit-normal
+    with `logit_mean`, `logit_std`; uniform on [train_eps, 1 - train_eps]), SiT's
+    `flow.loss_weighting` of the noise and score losses, the network's `time_scale`."""
+    f = config.flow
+    choose("interpolant (flow.interpolant)", f.interpolant, interpolants.PATHS)
+    choose("prediction (flow.prediction)", f.prediction, FLOW_PREDICTIONS)
+    choose("training time distribution (flow.t_distribution)", f.t_distribution,
+           interpolants.T_DISTRIBUTIONS)
+    choose("loss weighting (flow.loss_weighting)", f.loss_weighting, interpolants.WEIGHTINGS)
+    if f.loss_weighting != "none" and f.prediction == "velocity":
+        raise ConfigError("flow.loss_weighting weighs the noise and score losses (SiT); the "
+                          "velocity loss has none: set flow.loss_weighting='none'")
+    if f.sigma_min and f.interpolant != "linear":
+        raise ConfigError("flow.sigma_min applies to flow.interpolant='linear' only")
+    if not 0.0 <= f.sigma_min < 1.0 or not 0.0 <= f.train_eps < 0.5:
+        raise ConfigError(f"flow.sigma_min must be in [0, 1) and flow.train_eps in [0, 0.5), "
+                          f"got {f.sigma_min}, {f.train_eps}")
+    path = (interpolants.Linear(f.sigma_min) if f.interpolant == "linear"
+            else interpolants.PATHS[f.interpolant]())
+    check_guidance(config)
+    return Flow(model=model, image_shape=image_shape, path=path, prediction=f.prediction,
+                t_distribution=f.t_distribution, logit_mean=f.logit_mean,
+                logit_std=f.logit_std, loss_weighting=f.loss_weighting, train_eps=f.train_eps,
+                time_scale=f.time_scale, num_classes=num_classes(config),
+                label_dropout=f.label_dropout, caption_length=caption_length(config))
+
+
 def build_autoencoder(config, model, image_shape=None):
     """The KL autoencoder of latent diffusion (`methods.autoencoder`), decoding to the data's
     channels."""
@@ -332,7 +362,8 @@ def build_consistency(config, model, image_shape):
 
 
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
-           "consistency": build_consistency, "autoencoder": build_autoencoder}
+           "consistency": build_consistency, "autoencoder": build_autoencoder,
+           "flow": build_flow}
 
 
 SD_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}

@@ -38,7 +38,11 @@ DATASETS = {
     "cifar10": DatasetSpec((32, 32, 3), 10, 256, "cifar10"),
     "celeb_a": DatasetSpec((64, 64, 3), 0, 256, "celeb_a", crop=140),
     "folder": DatasetSpec((0, 0, 3), 0, 256, caption_length=128, any_size=True),
+    # ImageNet 256 as SD-VAE latents x 0.18215 (DiT, SiT): shapes and classes only until the
+    # latent pipeline is wired; opening it is a DataError
+    "imagenet256_latents": DatasetSpec((32, 32, 4), 1000, 256),
 }
+LATENT_PLACEHOLDERS = ("imagenet256_latents",)
 
 
 class ArraySource:
@@ -90,6 +94,9 @@ def open_dataset(name: str, split: str, *, data_dir: Optional[str] = None,
             and tuple(image_shape) != tuple(spec.image_shape)):
         raise DataError(f"data set {name!r} has images of shape {tuple(spec.image_shape)}, not "
                         f"the {tuple(image_shape)} asked for")
+    if name in LATENT_PLACEHOLDERS:
+        raise DataError(f"data set {name!r} (VAE latents) is not wired yet: it sets the shapes "
+                        f"for --mode=info; train on a latent cache once the pipeline exists")
     if name == "shapes":
         images, tokens, texts = shapes.load_shapes(split)
         if tokenize is not None:

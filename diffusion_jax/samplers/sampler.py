@@ -12,7 +12,7 @@ import math
 
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.guidance import Guidance
-from diffusion_jax.samplers import ddpm, dpm_solver, grids, ode, pc, unipc
+from diffusion_jax.samplers import ddpm, dpm_solver, flow, grids, ode, pc, unipc
 
 SPACINGS = ("karras",) + dpm_solver.SPACINGS + ddpm.DDIM_SPACINGS + grids.SPACINGS
 SOLVER_PREDICTIONS = ("", "data", "noise")
@@ -50,7 +50,13 @@ class Sampler:
     Score-SDE chains: eps (end time), predictor, corrector, snr, n_corrector_steps, denoise,
       ode_solver, rtol, atol.
     Autoencoder prior: temperature.
-    Guidance: guidance_scale, guidance_sigma_lo / _hi, negative_label, negative_prompt.
+    Guidance: guidance_scale, guidance_sigma_lo / _hi, negative_label, negative_prompt,
+      guidance_channels (> 0: only the first that many output channels are guided, the rest
+      take the conditional output: DiT's and SiT's 3 of 4 latent channels; 0: all).
+    Flow matching (`samplers.flow`: 'flow_euler', 'flow_heun', 'flow_dopri5' with rtol / atol,
+      'flow_sde'): diffusion_form and diffusion_norm (SiT's w_t of the SDE,
+      `interpolants.DIFFUSION_FORMS`), last_step ('mean', 'tweedie', 'euler', 'none') and
+      last_step_size of the SDE; sample_eps (-1: SiT's default for the path and prediction).
     """
 
     method: str = "heun"
@@ -91,11 +97,18 @@ class Sampler:
     guidance_sigma_hi: float = math.inf
     negative_label: int = -1
     negative_prompt: str = ""
+    guidance_channels: int = 0
+    # --- flow matching (samplers.flow) ---
+    diffusion_form: str = "sigma"
+    diffusion_norm: float = 1.0
+    last_step: str = "mean"
+    last_step_size: float = 0.04
+    sample_eps: float = -1.0
 
     @property
     def guidance(self) -> Guidance:
         return Guidance(self.guidance_scale, self.guidance_sigma_lo, self.guidance_sigma_hi,
-                        self.negative_label, self.negative_prompt)
+                        self.negative_label, self.negative_prompt, self.guidance_channels)
 
     def replace(self, **changes) -> "Sampler":
         return dataclasses.replace(self, **changes)
@@ -130,7 +143,9 @@ def check(sampler: Sampler) -> None:
                              ("solver_prediction", "solver prediction", SOLVER_PREDICTIONS),
                              ("unipc_variant", "UniPC variant", unipc.VARIANTS),
                              ("second_order", "DPM-Solver++(3M) second-order form",
-                              dpm_solver.SECOND_ORDER_FORMS)):
+                              dpm_solver.SECOND_ORDER_FORMS),
+                             ("diffusion_form", "SDE diffusion form", flow.DIFFUSION_FORMS),
+                             ("last_step", "SDE last step", flow.LAST_STEPS)):
         choose(f"{what} (sampling.{key})", getattr(sampler, key), valid)
     if sampler.num_steps < 1:
         raise ConfigError(f"sampling.num_steps must be >= 1, got {sampler.num_steps}")
@@ -143,6 +158,9 @@ def check(sampler: Sampler) -> None:
     if sampler.sigmas and sampler.timesteps:
         raise ConfigError("sampling.sigmas and sampling.timesteps each give the whole grid; "
                           "set one of them")
+    if sampler.guidance_channels < 0 or sampler.last_step_size < 0:
+        raise ConfigError(f"sampling.guidance_channels and sampling.last_step_size must be >= 0, "
+                          f"got {sampler.guidance_channels}, {sampler.last_step_size}")
     if not all(isinstance(i, int) for i in sampler.disable_corrector):
         raise ConfigError(f"sampling.disable_corrector must be a list of step indices, got "
                           f"{list(sampler.disable_corrector)}")

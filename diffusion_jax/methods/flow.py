@@ -1,0 +1,144 @@
+"""Flow matching (Lipman et al. 2023), rectified flow (Liu et al. 2023) and SiT's stochastic
+interpolants (Ma et al. 2024) on the paths of `processes.interpolants` (t = 0 data, t = 1 noise).
+
+Training: t from `t_distribution` (uniform on [train_eps, 1 - train_eps], SD3's logit-normal
+(m, s), or the flow_matching library's skewed form), x_t = alpha_t x + sigma_t eps, and the
+network F(x_t, time_scale t[, cond]) regresses its `prediction` (SiT's
+`Transport.training_losses`, squared errors averaged over pixels): velocity ||F - v||^2 with
+v = alpha' x + sigma' eps; noise lambda_t ||F - eps||^2; score lambda_t ||sigma_t F + eps||^2,
+lambda_t SiT's weight ('none' 1, 'velocity' (g / sigma)^2, 'likelihood' g / sigma^2). Every
+prediction is an exact affine function of (x_t, E[x0 | x_t]), so `denoiser_model` is the
+network as EDM's D(x, sigma) (`interpolants.denoiser`) and every shared solver, guidance and
+the editing tasks run on it; the flow-native samplers (`samplers.flow`) run on the velocity.
+Guidance combines the raw predictions (the same combination as on D: each is affine in x0 with
+coefficients of t alone).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax import guidance
+from diffusion_jax.methods.network import NetworkMethod, train_condition
+from diffusion_jax.processes import interpolants
+from diffusion_jax.samplers import flow as flow_samplers
+from diffusion_jax.samplers import solvers
+from diffusion_jax.samplers.sampler import Sampler
+
+PREDICTIONS = {"velocity": "velocity", "noise": "eps", "score": "score"}  # -> interpolants'
+
+
+@dataclasses.dataclass(frozen=True)
+class Flow(NetworkMethod):
+    """A flow-matching model: network `model`, interpolant `path` (`interpolants.PATHS`), its
+    `prediction` ('velocity', 'noise' or 'score'), training times `t_distribution`
+    (`interpolants.T_DISTRIBUTIONS`, logit-normal with `logit_mean`, `logit_std`) and SiT's
+    `loss_weighting` of the eps and score losses (`interpolants.WEIGHTINGS`). The network's time
+    input is `time_scale` t (1: SiT; Liu et al. feed 999 t in their reversed time)."""
+
+    model: Any
+    image_shape: tuple
+    path: Any = interpolants.Linear()
+    prediction: str = "velocity"
+    t_distribution: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    loss_weighting: str = "none"
+    train_eps: float = 0.0
+    time_scale: float = 1.0
+    num_classes: int = 0
+    label_dropout: float = 0.0
+    caption_length: int = 0
+
+    has_denoiser: ClassVar[bool] = True
+    default_sampler: ClassVar[Sampler] = Sampler(method="flow_heun", num_steps=32, rtol=1e-3,
+                                                 atol=1e-6)
+
+    @property
+    def kind(self) -> str:
+        """The prediction's name in `interpolants.PREDICTIONS`."""
+        return PREDICTIONS[self.prediction]
+
+    def network(self, params, *, train: bool = False, rng=None) -> Callable:
+        """The raw prediction F(x_t, t[, cond]) at our time t (B,): the network's first C output
+        channels for C input channels (a `learn_sigma` DiT's second half dropped, as SiT does)."""
+        def F(x, t, cond=None):
+            out = self.apply(params, x, self.time_scale * t, cond, train=train, rng=rng)
+            return out[..., :x.shape[-1]]
+        return F
+
+    def sample_t(self, rng: jax.Array, n: int) -> jax.Array:
+        """Training times from `t_distribution`."""
+        if self.t_distribution == "logit_normal":
+            return interpolants.sample_logit_normal(rng, n, self.logit_mean, self.logit_std)
+        if self.t_distribution == "skewed":
+            return interpolants.sample_skewed(rng, n)
+        return interpolants.sample_uniform(rng, n, self.train_eps, 1.0 - self.train_eps)
+
+    def per_example_loss(self, fn: Callable, x: jax.Array, t: jax.Array, eps: jax.Array,
+                         cond=None) -> jax.Array:
+        """SiT's loss of the prediction network fn(x_t, t[, cond]) at (x, t, eps), per example."""
+        x_t = interpolants.interpolate(self.path, t, x, eps)
+        pred = fn(x_t, t) if cond is None else fn(x_t, t, cond)
+        axes = tuple(range(1, x.ndim))
+        if self.prediction == "velocity":
+            return jnp.mean((pred - interpolants.velocity(self.path, t, x, eps)) ** 2, axes)
+        weight = interpolants.loss_weight(self.path, t, self.loss_weighting)
+        if self.prediction == "noise":
+            error = pred - eps
+        else:
+            error = interpolants.expand(self.path.sigma(t), x) * pred + eps
+        return weight * jnp.mean(error**2, axes)
+
+    def loss(self, params, batch: dict, rng: jax.Array, aux=None, step=None):
+        """Batch mean of `per_example_loss` with t from `sample_t` and eps ~ N(0, I)."""
+        t_rng, eps_rng, dropout_rng, label_rng = jax.random.split(rng, 4)
+        x = batch["image"]
+        t = self.sample_t(t_rng, x.shape[0])
+        eps = jax.random.normal(eps_rng, x.shape, x.dtype)
+        cond = train_condition(self, batch, label_rng)
+        per_example = self.per_example_loss(self.network(params, train=True, rng=dropout_rng),
+                                            x, t, eps, cond)
+        return jnp.mean(per_example), {}
+
+    def guided_prediction(self, params, cond, sampler: Sampler) -> Callable:
+        """F guided as `sampler.guidance` says (`guidance.guide`, the interval in EDM sigma
+        sigma_t / alpha_t, optionally on the first `guidance_channels` channels). t = 1, where
+        alpha may be 0, counts as t = 1 - 1e-7 (sigma ~ 1e7, inside the configs' finite
+        'no upper limit' 1e9)."""
+        sigma_of = lambda t: interpolants.edm_sigma(self.path, jnp.minimum(t, 1.0 - 1e-7))
+        return guidance.guide(self.network(params), cond, self.num_classes, self.caption_length,
+                              sampler.guidance, sigma_of=sigma_of)
+
+    def velocity_fn(self, params, cond, sampler: Sampler) -> Callable:
+        """The (guided) velocity v(x_t, t[, cond]) converted from the network's prediction."""
+        F = self.guided_prediction(params, cond, sampler)
+
+        def velocity(x, t, cond=None):
+            pred = F(x, t) if cond is None else F(x, t, cond)
+            return interpolants.convert(self.path, pred, x, t, self.kind, "velocity")
+        return velocity
+
+    def chains(self) -> dict:
+        return {name: (self._flow, None) for name in flow_samplers.SAMPLERS}
+
+    def _flow(self, params, rng, x_init, cond, aux, sampler: Sampler):
+        """`samplers.flow.run` of `sampler.method` on the velocity."""
+        x, nfe = flow_samplers.run(
+            sampler.method, self.velocity_fn(params, cond, sampler), self.path, self.kind,
+            rng, x_init, num_steps=sampler.num_steps, sample_eps=sampler.sample_eps,
+            rtol=sampler.rtol, atol=sampler.atol, diffusion_form=sampler.diffusion_form,
+            diffusion_norm=sampler.diffusion_norm, last_step=sampler.last_step,
+            last_step_size=sampler.last_step_size, cond=cond)
+        return x, {"nfe": jnp.asarray(nfe, jnp.float32)}
+
+    def denoiser_model(self, params, cond, aux, sampler: Sampler) -> solvers.DenoiserModel:
+        """D(x, sigma[, cond]) of the guided prediction (`interpolants.denoiser`) over EDM's
+        default range 0.002..80 (the linear path's sigma_min as its lower end when larger)."""
+        D = interpolants.denoiser(self.path, self.guided_prediction(params, cond, sampler),
+                                  self.kind)
+        lo = max(0.002, float(getattr(self.path, "sigma_min", 0.0)))
+        return solvers.DenoiserModel(D, lo, 80.0)
