@@ -19,7 +19,13 @@ def base_config() -> ml_collections.ConfigDict:
         # power (min(decay, (1 + k) / (10 + k))) or edm (half-life capped at
         # ema_rampup_ratio x images seen, Karras et al. 2022)
         ema_warmup="none", ema_rampup_ratio=0.05,
-        preview_samples=16))  # a sample grid at every checkpoint (samples/step_N.png); 0 = off
+        preview_samples=16,  # a sample grid at every checkpoint (samples/step_N.png); 0 = off
+        # fine-tuning: init_from = WORKDIR[:step], a run (or an imported checkpoint) whose
+        # parameters and EMA a new run starts from (fresh optimizer, step 0), ignored on resume;
+        # init_allow_missing: a regular expression over the '/'-joined parameter paths whose
+        # shape or presence may differ (they keep their fresh initialisation); trainable: a
+        # regular expression over the paths of the parameters trained ("" = all; the rest frozen)
+        init_from="", init_allow_missing="", trainable=""))
     c.optim = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, warmup_steps=5000,
                                              grad_clip=1.0, beta1=0.9, beta2=0.999, eps=1e-8,
                                              weight_decay=0.0))

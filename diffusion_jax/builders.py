@@ -32,6 +32,7 @@ from diffusion_jax.models.vae import AutoencoderKL as SDAutoencoderKL
 from diffusion_jax.processes import parameterization, schedules, sde as sdes
 from diffusion_jax.samplers import edm as edm_samplers
 from diffusion_jax.samplers import sampler as sampler_lib
+from diffusion_jax.training.optim import make_optimizer
 
 MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL}
 CLIP_CONTEXT_LENGTH = 77  # CLIP's text positions: Stable Diffusion's caption tokens
@@ -138,6 +139,17 @@ def build_model(config):
     backbone = module(num_classes=0, **{**kwargs, "cross_attention": True})
     return TextConditioned(backbone=backbone, encoder=build_text_encoder(config, backbone.dtype),
                            caption_length=length)
+
+
+def trainable_pattern(config) -> str:
+    """The regular expression over parameter paths of the parameters a run trains
+    (`training.trainable`; "" = every parameter)."""
+    return config.training.get("trainable", "")
+
+
+def build_optimizer(config):
+    """The optimizer of `config.optim`, updating only the `trainable_pattern` parameters."""
+    return make_optimizer(config.optim, trainable_pattern(config))
 
 
 def check_guidance(config):

@@ -6,8 +6,10 @@ weights, a weights file, calibration images) and builds the training data a meth
 """
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Callable, Optional
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +22,6 @@ from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.base import PretrainedWeights, RunWeights, TrainingImages, WeightsFile
 from diffusion_jax.training import loop
 from diffusion_jax.training.checkpoint import Checkpointer
-from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.state import TrainState
 
 
@@ -49,7 +50,7 @@ def read_pretrained(need: PretrainedWeights) -> dict:
 def restore(config, workdir: str, mesh, step: Optional[int] = None):
     """(method, state) of `config` from checkpoint `step` (default: newest) of `workdir`."""
     method = builders.build_method(config)
-    state = loop.restore_state(method, make_optimizer(config.optim), workdir, mesh, step)
+    state = loop.restore_state(method, builders.build_optimizer(config), workdir, mesh, step)
     return method, state
 
 
@@ -61,6 +62,78 @@ def restore_run(workdir: str, mesh=None, step: Optional[int] = None):
     mesh = mesh if mesh is not None else parallel.make_mesh()
     method, state = restore(config, workdir, mesh, step)
     return config, method, state
+
+
+def init_from_source(value: str) -> tuple[str, Optional[int]]:
+    """(work directory, step or None = the newest) of `training.init_from` 'WORKDIR[:step]'."""
+    match = re.fullmatch(r"(.+):(\d+)", value)
+    return (match[1], int(match[2])) if match else (value, None)
+
+
+def _flat_shapes(params) -> dict:
+    return {"/".join(map(str, k)): tuple(v.shape)
+            for k, v in flax.traverse_util.flatten_dict(params).items()}
+
+
+def init_from_mismatches(config, source_params, params) -> list[str]:
+    """The parameter paths (with why) where the run of `training.init_from`, whose parameter
+    tree is `source_params`, differs from this config's `params` (shapes suffice) and that
+    `training.init_allow_missing` does not admit (`re.search`); ConfigError naming them all in
+    one line when there are any."""
+    source, expected = _flat_shapes(source_params), _flat_shapes(params)
+    allowed = config.training.get("init_allow_missing", "")
+    admitted = (lambda path: bool(re.search(allowed, path))) if allowed else (lambda path: False)
+    found = []
+    for path in sorted(set(source) | set(expected)):
+        if path not in source:
+            found.append((path, "not in the source"))
+        elif path not in expected:
+            found.append((path, "not in this network"))
+        elif source[path] != expected[path]:
+            found.append((path, f"{source[path]} in the source, {expected[path]} here"))
+    refused = [f"{path} ({why})" for path, why in found if not admitted(path)]
+    if refused:
+        raise ConfigError(f"training.init_from {config.training.init_from!r}: {len(refused)} "
+                          f"parameters differ from this network: {'; '.join(refused)}; "
+                          f"training.init_allow_missing (a regular expression over these paths) "
+                          f"keeps them freshly initialised")
+    return [path for path, _ in found]
+
+
+def check_init_from(config) -> None:
+    """ConfigError (one line) unless `training.init_from` names a run or imported checkpoint
+    with a checkpoint (the given step) whose parameters fit this config's network, computing
+    nothing but shapes."""
+    workdir, step = init_from_source(config.training.init_from)
+    source_config = workdir_io.read_config(workdir)
+    steps = (Checkpointer(workdir, read_only=True).manager.all_steps()
+             if loop.latest_checkpoint(workdir) is not None else [])
+    if not steps or (step is not None and step not in steps):
+        raise ConfigError(f"training.init_from {config.training.init_from!r}: no checkpoint "
+                          f"{'' if step is None else step} in {workdir!r} (steps: "
+                          f"{', '.join(map(str, sorted(steps))) or 'none'})")
+    rng = jax.random.PRNGKey(0)
+    init_from_mismatches(config, jax.eval_shape(builders.build_method(source_config).init_params,
+                                                rng),
+                         jax.eval_shape(builders.build_method(config).init_params, rng))
+
+
+def init_from(config, mesh) -> Callable:
+    """`initial(params) -> (params, ema_params)` for `training.loop.train`: the parameters and
+    EMA parameters of the checkpoint `training.init_from` names (another run, or an imported
+    checkpoint, `importers.run`), restored onto `mesh`; the paths `init_from_mismatches` admits
+    keep the fresh initialisation `params` has."""
+    def initial(params):
+        workdir, step = init_from_source(config.training.init_from)
+        _, _, state = restore_run(workdir, mesh, step)
+        fresh = set(init_from_mismatches(config, state.params, params))
+        flat = flax.traverse_util.flatten_dict(params)
+        pick = lambda source: flax.traverse_util.unflatten_dict({  # noqa: E731
+            key: value if "/".join(map(str, key)) in fresh else source[key]
+            for key, value in flat.items()})
+        return (pick(flax.traverse_util.flatten_dict(state.params)),
+                pick(flax.traverse_util.flatten_dict(state.ema_params)))
+    return initial
 
 
 def training_images(config, count: int) -> np.ndarray:
