@@ -7,8 +7,13 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "ddpm"
     c.compilation_cache_dir = "~/.cache/diffusion_jax/xla"  # persistent XLA cache; "" = off
+    # LoRA (models/lora.py; unet, ncsnpp, dit): lora_rank r > 0 adds adapters of scale
+    # lora_alpha / r to the dense and 1x1 projections whose module path lora_targets matches
+    # ("" = all), trains only them (and training.trainable), and with lora_merge samples and
+    # evaluates with the adapters merged into the weights
     c.model = ml_collections.ConfigDict(dict(name="unet", dtype="float32",
-                                             class_conditional=False, remat=False))
+                                             class_conditional=False, remat=False, lora_rank=0,
+                                             lora_alpha=8.0, lora_targets="", lora_merge=True))
     c.data = ml_collections.ConfigDict(dict(dataset="digits", data_dir="", download=False,
                                             random_flip=False))
     c.training = ml_collections.ConfigDict(dict(

@@ -79,10 +79,12 @@ def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sample
             print(f"stopped by SIGTERM at step {int(state.step)}; checkpoint saved", flush=True)
             return 143
         if config.training.sample_at_end:
-            return _sample(config, workdir, mesh, method, sampler, state,
+            return _sample(config, workdir, mesh, method, sampler,
+                           runs.sampling_state(config, state),
                            name=f"step_{int(state.step)}")
         return 0
     method, state = runs.restore_or_pretrained(config, train_workdir or workdir, mesh)
+    state = runs.sampling_state(config, state)
     if mode == "sample":
         if config.edit.task != "none":
             return _edit(config, workdir, mesh, method, sampler, state, prompt)

@@ -20,6 +20,7 @@ from diffusion_jax.data import cache as data_cache
 from diffusion_jax.data.datasets import first_images, open_dataset
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.base import PretrainedWeights, RunWeights, TrainingImages, WeightsFile
+from diffusion_jax.models import lora
 from diffusion_jax.training import loop
 from diffusion_jax.training.checkpoint import Checkpointer
 from diffusion_jax.training.state import TrainState
@@ -78,11 +79,12 @@ def _flat_shapes(params) -> dict:
 def init_from_mismatches(config, source_params, params) -> list[str]:
     """The parameter paths (with why) where the run of `training.init_from`, whose parameter
     tree is `source_params`, differs from this config's `params` (shapes suffice) and that
-    `training.init_allow_missing` does not admit (`re.search`); ConfigError naming them all in
-    one line when there are any."""
+    `training.init_allow_missing` does not admit (`re.search`; with LoRA the new adapters are
+    admitted); ConfigError naming them all in one line when there are any."""
     source, expected = _flat_shapes(source_params), _flat_shapes(params)
-    allowed = config.training.get("init_allow_missing", "")
-    admitted = (lambda path: bool(re.search(allowed, path))) if allowed else (lambda path: False)
+    allowed = [a for a in (config.training.get("init_allow_missing", ""),
+                           lora.LORA_PARAMS if builders.lora_rank(config) else "") if a]
+    admitted = lambda path: any(re.search(a, path) for a in allowed)  # noqa: E731
     found = []
     for path in sorted(set(source) | set(expected)):
         if path not in source:
@@ -113,19 +115,31 @@ def check_init_from(config) -> None:
                           f"{'' if step is None else step} in {workdir!r} (steps: "
                           f"{', '.join(map(str, sorted(steps))) or 'none'})")
     rng = jax.random.PRNGKey(0)
-    init_from_mismatches(config, jax.eval_shape(builders.build_method(source_config).init_params,
-                                                rng),
+    source = jax.eval_shape(builders.build_method(source_config).init_params, rng)
+    init_from_mismatches(config, jax.eval_shape(lambda p: _merged_source(source_config, config, p),
+                                                source),
                          jax.eval_shape(builders.build_method(config).init_params, rng))
+
+
+def _merged_source(source_config, config, params):
+    """A LoRA source's parameters with its adapters merged when this config has no LoRA."""
+    if builders.lora_rank(source_config) and not builders.lora_rank(config):
+        return lora.merge_lora(params, source_config.model.lora_alpha
+                               / builders.lora_rank(source_config))
+    return params
 
 
 def init_from(config, mesh) -> Callable:
     """`initial(params) -> (params, ema_params)` for `training.loop.train`: the parameters and
     EMA parameters of the checkpoint `training.init_from` names (another run, or an imported
-    checkpoint, `importers.run`), restored onto `mesh`; the paths `init_from_mismatches` admits
+    checkpoint, `importers.run`; a LoRA run's adapters merged into its weights unless this
+    config has LoRA too), restored onto `mesh`; the paths `init_from_mismatches` admits
     keep the fresh initialisation `params` has."""
     def initial(params):
         workdir, step = init_from_source(config.training.init_from)
-        _, _, state = restore_run(workdir, mesh, step)
+        source_config, _, state = restore_run(workdir, mesh, step)
+        state = state.replace(params=_merged_source(source_config, config, state.params),
+                              ema_params=_merged_source(source_config, config, state.ema_params))
         fresh = set(init_from_mismatches(config, state.params, params))
         flat = flax.traverse_util.flatten_dict(params)
         pick = lambda source: flax.traverse_util.unflatten_dict({  # noqa: E731
@@ -134,6 +148,18 @@ def init_from(config, mesh) -> Callable:
         return (pick(flax.traverse_util.flatten_dict(state.params)),
                 pick(flax.traverse_util.flatten_dict(state.ema_params)))
     return initial
+
+
+def sampling_state(config, state: TrainState) -> TrainState:
+    """`state` with LoRA adapters merged into its parameters and EMA (`model.lora_merge`, the
+    default), which sample and evaluate as the adapted network does, without the adapters'
+    extra work per evaluation."""
+    rank = builders.lora_rank(config)
+    if not rank or not config.model.get("lora_merge", True):
+        return state
+    scale = config.model.lora_alpha / rank
+    return state.replace(params=lora.merge_lora(state.params, scale),
+                         ema_params=lora.merge_lora(state.ema_params, scale))
 
 
 def training_images(config, count: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from diffusion_jax.importers.run import write_imported_run
 from diffusion_jax.training import loop
 from diffusion_jax.training.optim import parameter_paths
 from diffusion_jax.training.step import jit_train_step
-from helpers import TINY_OVERRIDES, launch_one_device, random_params, tiny_ddpm_config
+from helpers import TINY_MODEL, TINY_OVERRIDES, launch_one_device, random_params, tiny_ddpm_config
 
 
 def flat(tree):
@@ -175,3 +175,101 @@ def test_launch_fine_tunes_from_a_run_and_a_resume_ignores_init_from(source, tmp
     result = launch_one_device(f"--workdir={tmp_path / 'other'}", *TINY_OVERRIDES,
                                f"--config.training.init_from={tmp_path / 'missing'}")
     assert result.returncode == 2 and "no config.json" in result.stderr, result.stderr[-2000:]
+
+
+def lora_config(rank=2, targets="AttnBlock", **training):
+    config = tiny_ddpm_config(**training)
+    config.model.update(attn_resolutions=(4,), lora_rank=rank, lora_alpha=3.0,
+                        lora_targets=targets)
+    return config
+
+
+def lora_paths(params):
+    return [p for p in parameter_paths(params) if p.endswith(("lora_A", "lora_B"))]
+
+
+@pytest.mark.parametrize("name, options, rank, targets, expected", [
+    # U-Net: 4 attention blocks at 4x4 with C = 32; qkv C x 3C and proj_out C x C: 6 r C each
+    ("unet", dict(TINY_MODEL, attn_resolutions=(4,)), 2, "AttnBlock", 4 * 6 * 2 * 32),
+    # NCSN++: 3 attention blocks at 4x4 with C = 32
+    ("ncsnpp", dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                    dropout=0.0), 2, "AttnBlock", 3 * 6 * 2 * 32),
+    # DiT depth 2, hidden 32: qkv 32 x 96 and proj 32 x 32 per block, r (128 + 64) each
+    ("dit", dict(patch_size=2, hidden_size=32, depth=2, num_heads=4), 4, r"attn/(qkv|proj)$",
+     2 * 4 * (128 + 64)),
+])
+def test_lora_of_rank_r_trains_r_times_d_in_plus_d_out_per_adapted_projection(
+        name, options, rank, targets, expected):
+    config = tiny_ddpm_config()
+    config.model = type(config.model)(dict(name=name, dtype="float32", class_conditional=False,
+                                           lora_rank=rank, lora_alpha=1.0, lora_targets=targets,
+                                           **options))
+    method = builders.build_method(config)
+    shapes = jax.eval_shape(method.init_params, jax.random.PRNGKey(0))
+    leaves = {"/".join(k): v.shape for k, v in flax.traverse_util.flatten_dict(shapes).items()}
+    adapters = {k: v for k, v in leaves.items() if k.endswith(("lora_A", "lora_B"))}
+    assert sum(np.prod(v) for v in adapters.values()) == expected
+    for key, shape in adapters.items():  # A is d_in x r, B is r x d_out
+        kernel = leaves[key.rsplit("/", 1)[0] + "/kernel"]
+        assert shape == ((kernel[-2], rank) if key.endswith("A") else (rank, kernel[-1]))
+    # the optimizer keeps Adam's two moments for the adapters only: they alone train
+    opt_state = jax.eval_shape(builders.build_optimizer(config).init, shapes)
+    assert sum(np.prod(s.shape) for s in jax.tree.leaves(opt_state) if s.shape) == 2 * expected
+
+
+def test_lora_is_w_x_plus_alpha_over_r_b_a_x_and_starts_as_the_base_network():
+    import flax.linen as nn
+
+    from diffusion_jax.models.lora import LoRA
+
+    layer = LoRA(nn.Dense(5), rank=3, alpha=6.0)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    params = layer.init(jax.random.PRNGKey(0), x)["params"]
+    assert params["lora_A"].shape == (4, 3) and not np.any(params["lora_B"])
+    np.testing.assert_allclose(np.std(params["lora_A"]), 1 / 3, rtol=0.5)  # N(0, 1/r^2)
+    base = nn.Dense(5).init(jax.random.PRNGKey(0), x)["params"]
+    np.testing.assert_array_equal(params["kernel"], base["kernel"])
+    params = dict(params, lora_B=np.random.default_rng(1).standard_normal((3, 5), np.float32))
+    expected = x @ params["kernel"] + params["bias"] + 2.0 * (x @ params["lora_A"]) @ params["lora_B"]
+    np.testing.assert_allclose(layer.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lora_run_from_a_base_run_starts_as_it_trains_only_adapters_and_merges(source):
+    workdir, src = source
+    config = lora_config(init_from=workdir)
+    config.model.attn_resolutions = ()  # the source's network
+    config.model.lora_targets = "nin_shortcut|Dense_0"
+    runs.check_init_from(config)  # the new adapters need no init_allow_missing
+    method, optimizer, mesh, state = fine_tuning_state(config)
+    merged = flat(runs.sampling_state(config, state).params)
+    assert_identical(flax.traverse_util.unflatten_dict(
+        {tuple(k.split("/")): v for k, v in merged.items()}), src.params)  # B = 0: the source
+    x = np.random.default_rng(2).standard_normal((2,) + method.image_shape).astype(np.float32)
+    t = np.array([10.0, 60.0], np.float32)
+    base = builders.build_method(tiny_ddpm_config())
+    np.testing.assert_array_equal(method.apply(state.params, x, t), base.apply(src.params, x, t))
+    # a few training steps move only the adapters
+    step = jit_train_step(method, optimizer, lambda k: 0.9, mesh)
+    images = np.random.default_rng(0).uniform(-1, 1, (8,) + method.image_shape)
+    batch = {"image": images.astype(np.float32), "label": np.zeros(8, np.int32)}
+    for _ in range(3):
+        state, _ = step(state, batch)
+    after = flat(state.params)
+    adapters = lora_paths(state.params)
+    assert len(adapters) == 2 * (8 + 5)  # Dense_0 of the 8 residual blocks, 5 nin_shortcuts
+    assert all(np.any(after[k]) for k in adapters if k.endswith("lora_B"))  # B left 0
+    for key, value in flat(src.params).items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    # merged weights in the plain network give the adapted network's outputs
+    adapted = np.asarray(method.apply(state.params, x, t))
+    merged = runs.sampling_state(config, state).params
+    assert not lora_paths(merged)
+    np.testing.assert_allclose(base.apply(merged, x, t), adapted, rtol=1e-5, atol=1e-5)
+    # negative control: the adapters changed the network
+    assert np.max(np.abs(adapted - np.asarray(base.apply(src.params, x, t)))) > 1e-4
+
+
+def test_lora_targets_matching_no_projection_is_a_config_error():
+    config = lora_config(targets="^no_such_layer")
+    with pytest.raises(ConfigError, match="model.lora_targets '\\^no_such_layer' matches no"):
+        jax.eval_shape(builders.build_method(config).init_params, jax.random.PRNGKey(0))
