@@ -123,6 +123,7 @@ def train_steps(config, steps=3):
     return first, state
 
 
+@pytest.mark.slow
 def test_frozen_parameters_stay_bit_identical_while_the_trainable_ones_move():
     first, state = train_steps(tiny_ddpm_config(trainable=r"^(conv_in|conv_out)/"))
     before, after = flat(first), flat(state.params)
@@ -230,7 +231,9 @@ def test_lora_is_w_x_plus_alpha_over_r_b_a_x_and_starts_as_the_base_network():
     base = nn.Dense(5).init(jax.random.PRNGKey(0), x)["params"]
     np.testing.assert_array_equal(params["kernel"], base["kernel"])
     params = dict(params, lora_B=np.random.default_rng(1).standard_normal((3, 5), np.float32))
-    expected = x @ params["kernel"] + params["bias"] + 2.0 * (x @ params["lora_A"]) @ params["lora_B"]
+    scale = 6.0 / 3  # alpha / r
+    expected = (x @ params["kernel"] + params["bias"]
+                + scale * (x @ params["lora_A"]) @ params["lora_B"])
     np.testing.assert_allclose(layer.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -273,3 +276,27 @@ def test_lora_targets_matching_no_projection_is_a_config_error():
     config = lora_config(targets="^no_such_layer")
     with pytest.raises(ConfigError, match="model.lora_targets '\\^no_such_layer' matches no"):
         jax.eval_shape(builders.build_method(config).init_params, jax.random.PRNGKey(0))
+
+
+@pytest.mark.slow
+def test_launch_trains_lora_from_a_run_checkpoints_the_adapters_and_samples_merged(source,
+                                                                                  tmp_path):
+    workdir, src = source
+    run = str(tmp_path / "lora")
+    flags = [f"--workdir={run}", *TINY_OVERRIDES, "--config.training.batch_size=16",
+             "--config.training.num_steps=2", "--config.training.log_every=2",
+             "--config.training.checkpoint_every=2", "--config.training.sample_at_end=False",
+             "--config.optim.warmup_steps=0", f"--config.training.init_from={workdir}",
+             "--config.model.lora_rank=2", "--config.model.lora_targets=nin_shortcut"]
+    result = launch_one_device(*flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, _, state = runs.restore_run(run)  # the multi-transform optimizer state restores too
+    after, before = flat(state.params), flat(src.params)
+    assert len(lora_paths(state.params)) == 10 and all(
+        np.any(after[k]) for k in lora_paths(state.params) if k.endswith("lora_B"))
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    result = launch_one_device(*flags, "--mode=sample", "--config.sampling.num_samples=4",
+                               "--config.sampling.batch_size=4", "--config.sampling.num_steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(os.path.join(run, "samples", "sample_2_1.png"))

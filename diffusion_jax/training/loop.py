@@ -191,8 +191,8 @@ def train(method, optimizer, mesh, settings: Settings, workdir: str,
     `training_data(aux) -> (source, decode)` gives the random-access training source once the
     state (and its aux, e.g. a frozen encoder) exists; `resources()` the method's restored
     requirements, and `initial(params) -> (params, ema_params)` the weights a fine-tuning run
-    starts from (`initial_state`), both asked for only when the run starts fresh. Returns the final state and whether
-    SIGTERM stopped the run early (after a checkpoint).
+    starts from (`initial_state`), both asked for only when the run starts fresh. Returns the
+    final state and whether SIGTERM stopped the run early (after a checkpoint).
 
     Every step's metrics are fetched while the next step runs, so a non-finite loss stops the
     run (TrainingDiverged) before a non-finite state is checkpointed, and SIGTERM is seen within
