@@ -77,10 +77,11 @@ def _flat_shapes(params) -> dict:
 
 
 def init_from_mismatches(config, source_params, params) -> list[str]:
-    """The parameter paths (with why) where the run of `training.init_from`, whose parameter
-    tree is `source_params`, differs from this config's `params` (shapes suffice) and that
-    `training.init_allow_missing` does not admit (`re.search`; with LoRA the new adapters are
-    admitted); ConfigError naming them all in one line when there are any."""
+    """The parameter paths where the run of `training.init_from`, whose parameter tree is
+    `source_params`, differs from this config's `params` (shapes suffice: a path only one has,
+    or another shape), all admitted by `training.init_allow_missing` (`re.search`; with LoRA the
+    new adapters are admitted too); a ConfigError naming (the first 20 of) those it does not
+    admit, and why, in one line."""
     source, expected = _flat_shapes(source_params), _flat_shapes(params)
     allowed = [a for a in (config.training.get("init_allow_missing", ""),
                            lora.LORA_PARAMS if builders.lora_rank(config) else "") if a]
@@ -96,9 +97,11 @@ def init_from_mismatches(config, source_params, params) -> list[str]:
     refused = [f"{path} ({why})" for path, why in found if not admitted(path)]
     if refused:
         raise ConfigError(f"training.init_from {config.training.init_from!r}: {len(refused)} "
-                          f"parameters differ from this network: {'; '.join(refused)}; "
+                          f"parameters differ from this network: {'; '.join(refused[:20])}"
+                          f"{f'; and {len(refused) - 20} more' if len(refused) > 20 else ''}; "
                           f"training.init_allow_missing (a regular expression over these paths) "
-                          f"keeps them freshly initialised")
+                          f"admits them: this network's keep their fresh initialisation, the "
+                          f"source's others are dropped")
     return [path for path, _ in found]
 
 
