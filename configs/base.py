@@ -7,8 +7,13 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "ddpm"
     c.compilation_cache_dir = "~/.cache/diffusion_jax/xla"  # persistent XLA cache; "" = off
+    # LoRA (models/lora.py; unet, ncsnpp, dit): lora_rank r > 0 adds adapters of scale
+    # lora_alpha / r to the dense and 1x1 projections whose module path lora_targets matches
+    # ("" = all), trains only them (and training.trainable), and with lora_merge samples and
+    # evaluates with the adapters merged into the weights
     c.model = ml_collections.ConfigDict(dict(name="unet", dtype="float32",
-                                             class_conditional=False, remat=False))
+                                             class_conditional=False, remat=False, lora_rank=0,
+                                             lora_alpha=8.0, lora_targets="", lora_merge=True))
     c.data = ml_collections.ConfigDict(dict(dataset="digits", data_dir="", download=False,
                                             random_flip=False))
     c.training = ml_collections.ConfigDict(dict(
@@ -19,7 +24,13 @@ def base_config() -> ml_collections.ConfigDict:
         # power (min(decay, (1 + k) / (10 + k))) or edm (half-life capped at
         # ema_rampup_ratio x images seen, Karras et al. 2022)
         ema_warmup="none", ema_rampup_ratio=0.05,
-        preview_samples=16))  # a sample grid at every checkpoint (samples/step_N.png); 0 = off
+        preview_samples=16,  # a sample grid at every checkpoint (samples/step_N.png); 0 = off
+        # fine-tuning: init_from = WORKDIR[:step], a run (or an imported checkpoint) whose
+        # parameters and EMA a new run starts from (fresh optimizer, step 0), ignored on resume;
+        # init_allow_missing: a regular expression over the '/'-joined parameter paths whose
+        # shape or presence may differ (they keep their fresh initialisation); trainable: a
+        # regular expression over the paths of the parameters trained ("" = all; the rest frozen)
+        init_from="", init_allow_missing="", trainable=""))
     c.optim = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, warmup_steps=5000,
                                              grad_clip=1.0, beta1=0.9, beta2=0.999, eps=1e-8,
                                              weight_decay=0.0))

@@ -24,6 +24,7 @@ from diffusion_jax.methods.stable_diffusion import StableDiffusion
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.clip_text import CLIPTextEncoder
 from diffusion_jax.models.dit import DiT
+from diffusion_jax.models.lora import LORA_PARAMS, LoRA
 from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.sd_unet import SDUNet
 from diffusion_jax.models.text_encoder import (ByteTextEncoder, PrecomputedTextEncoder,
@@ -33,12 +34,15 @@ from diffusion_jax.models.vae import AutoencoderKL as SDAutoencoderKL
 from diffusion_jax.processes import interpolants, parameterization, schedules, sde as sdes
 from diffusion_jax.samplers import edm as edm_samplers
 from diffusion_jax.samplers import sampler as sampler_lib
+from diffusion_jax.training.optim import make_optimizer
 
 MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL}
 CLIP_CONTEXT_LENGTH = 77  # CLIP's text positions: Stable Diffusion's caption tokens
 TEXT_ENCODERS = ("bytes", "precomputed")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NOT_CONFIGURABLE = {"parent", "name", "out_channels", "num_classes"}
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets", "lora_merge")
+LORA_MODELS = ("unet", "ncsnpp", "dit")
 
 
 def dataset_spec(config) -> DatasetSpec:
@@ -106,15 +110,33 @@ def build_mesh(config):
         raise ConfigError(str(e)) from None
 
 
+def lora_rank(config) -> int:
+    """`model.lora_rank`: the rank of the LoRA adapters (0 = none)."""
+    return config.model.get("lora_rank", 0)
+
+
 def build_model(config):
-    """The network named by `model.name`, with every other `model` key as a constructor argument."""
+    """The network named by `model.name`, with every other `model` key as a constructor argument;
+    with `model.lora_rank` r > 0, that network with LoRA adapters of rank r and scale
+    `lora_alpha` / r on the projections `lora_targets` matches (`models.lora.LoRA`)."""
+    network = _build_network(config)
+    rank = lora_rank(config)
+    if not rank:
+        return network
+    if rank < 0 or config.model.name not in LORA_MODELS:
+        raise ConfigError(f"model.lora_rank must be >= 0 and LoRA needs model.name in "
+                          f"{', '.join(LORA_MODELS)}; got {rank} and {config.model.name!r}")
+    return LoRA(network, rank, float(config.model.lora_alpha), config.model.get("lora_targets", ""))
+
+
+def _build_network(config):
     cfg = config.model
     choose("model (model.name)", cfg.name, MODELS)
     module = MODELS[cfg.name]
     fields = {f.name for f in dataclasses.fields(module)} - _NOT_CONFIGURABLE
     kwargs = {}
     for key, value in cfg.items():
-        if key in ("name", "class_conditional"):
+        if key in ("name", "class_conditional") + LORA_KEYS:
             continue
         if key not in fields:
             raise ConfigError(f"unknown key model.{key} for model {cfg.name!r}; valid: "
@@ -139,6 +161,21 @@ def build_model(config):
     backbone = module(num_classes=0, **{**kwargs, "cross_attention": True})
     return TextConditioned(backbone=backbone, encoder=build_text_encoder(config, backbone.dtype),
                            caption_length=length)
+
+
+def trainable_pattern(config) -> str:
+    """The regular expression over parameter paths of the parameters a run trains
+    (`training.trainable`; "" = every parameter); with LoRA the adapters, and the parameters
+    `training.trainable` adds (e.g. a new label embedding)."""
+    trainable = config.training.get("trainable", "")
+    if not lora_rank(config):
+        return trainable
+    return LORA_PARAMS + (f"|(?:{trainable})" if trainable else "")
+
+
+def build_optimizer(config):
+    """The optimizer of `config.optim`, updating only the `trainable_pattern` parameters."""
+    return make_optimizer(config.optim, trainable_pattern(config))
 
 
 def check_guidance(config):

@@ -16,7 +16,7 @@ from diffusion_jax.data.datasets import DATASETS, captions, open_dataset
 from diffusion_jax.errors import CheckpointError, ConfigError, choose
 from diffusion_jax.model_size import count_flops, count_params
 from diffusion_jax.training import loop
-from diffusion_jax.training.optim import make_optimizer
+from diffusion_jax.training.optim import trainable_labels
 
 MODES = ("train", "sample", "eval", "info")
 
@@ -79,10 +79,12 @@ def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sample
             print(f"stopped by SIGTERM at step {int(state.step)}; checkpoint saved", flush=True)
             return 143
         if config.training.sample_at_end:
-            return _sample(config, workdir, mesh, method, sampler, state,
+            return _sample(config, workdir, mesh, method, sampler,
+                           runs.sampling_state(config, state),
                            name=f"step_{int(state.step)}")
         return 0
     method, state = runs.restore_or_pretrained(config, train_workdir or workdir, mesh)
+    state = runs.sampling_state(config, state)
     if mode == "sample":
         if config.edit.task != "none":
             return _edit(config, workdir, mesh, method, sampler, state, prompt)
@@ -125,10 +127,22 @@ def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
         if settings.batch_size > len(source):
             raise ConfigError(f"training.batch_size {settings.batch_size} is larger than the "
                               f"{len(source)} training examples of {config.data.dataset!r}")
+        _check_fine_tuning(config, workdir)
     elif (config.method not in builders.PRETRAINED_METHODS
           and loop.latest_checkpoint(train_workdir or workdir) is None):
         raise CheckpointError(f"no checkpoint in {train_workdir or workdir!r}: train there first "
                               f"(--mode=train) or pass --train_workdir")
+
+
+def _check_fine_tuning(config, workdir: str) -> None:
+    """`training.init_from` (checked only for a run that has no checkpoint of its own: a resumed
+    run ignores it) and `training.trainable`, as one-line ConfigErrors."""
+    if config.training.get("init_from") and loop.latest_checkpoint(workdir) is None:
+        runs.check_init_from(config)
+    trainable = builders.trainable_pattern(config)
+    if trainable:
+        method = builders.build_method(config)
+        trainable_labels(jax.eval_shape(method.init_params, jax.random.PRNGKey(0)), trainable)
 
 
 def _check_workdir(workdir: str) -> None:
@@ -152,14 +166,15 @@ def train(config, workdir: str, mesh=None, method=None, sampler=None):
     sampler = builders.build_sampler(config, method) if sampler is None else sampler
     settings = training_settings(config)
     settings.check(mesh.devices.size)
-    optimizer = make_optimizer(config.optim)
+    optimizer = builders.build_optimizer(config)
     placeholders = lambda: loop.abstract_state(method, optimizer, mesh).aux  # noqa: E731
     hooks = monitoring.training_hooks(
         config, workdir, mesh, method, sampler,
         caption_conditions(config, method, config.training.preview_samples))
     return loop.train(method, optimizer, mesh, settings, workdir,
                       runs.training_data(method, config),
-                      lambda: runs.resolve(method.requirements(), config, placeholders()), hooks)
+                      lambda: runs.resolve(method.requirements(), config, placeholders()), hooks,
+                      runs.init_from(config, mesh) if config.training.get("init_from") else None)
 
 
 def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "", *,

@@ -6,8 +6,10 @@ weights, a weights file, calibration images) and builds the training data a meth
 """
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Callable, Optional
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,9 +20,9 @@ from diffusion_jax.data import cache as data_cache
 from diffusion_jax.data.datasets import first_images, open_dataset
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.base import PretrainedWeights, RunWeights, TrainingImages, WeightsFile
+from diffusion_jax.models import lora
 from diffusion_jax.training import loop
 from diffusion_jax.training.checkpoint import Checkpointer
-from diffusion_jax.training.optim import make_optimizer
 from diffusion_jax.training.state import TrainState
 
 
@@ -49,7 +51,7 @@ def read_pretrained(need: PretrainedWeights) -> dict:
 def restore(config, workdir: str, mesh, step: Optional[int] = None):
     """(method, state) of `config` from checkpoint `step` (default: newest) of `workdir`."""
     method = builders.build_method(config)
-    state = loop.restore_state(method, make_optimizer(config.optim), workdir, mesh, step)
+    state = loop.restore_state(method, builders.build_optimizer(config), workdir, mesh, step)
     return method, state
 
 
@@ -61,6 +63,106 @@ def restore_run(workdir: str, mesh=None, step: Optional[int] = None):
     mesh = mesh if mesh is not None else parallel.make_mesh()
     method, state = restore(config, workdir, mesh, step)
     return config, method, state
+
+
+def init_from_source(value: str) -> tuple[str, Optional[int]]:
+    """(work directory, step or None = the newest) of `training.init_from` 'WORKDIR[:step]'."""
+    match = re.fullmatch(r"(.+):(\d+)", value)
+    return (match[1], int(match[2])) if match else (value, None)
+
+
+def _flat_shapes(params) -> dict:
+    return {"/".join(map(str, k)): tuple(v.shape)
+            for k, v in flax.traverse_util.flatten_dict(params).items()}
+
+
+def init_from_mismatches(config, source_params, params) -> list[str]:
+    """The parameter paths where the run of `training.init_from`, whose parameter tree is
+    `source_params`, differs from this config's `params` (shapes suffice: a path only one has,
+    or another shape), all admitted by `training.init_allow_missing` (`re.search`; with LoRA the
+    new adapters are admitted too); a ConfigError naming (the first 20 of) those it does not
+    admit, and why, in one line."""
+    source, expected = _flat_shapes(source_params), _flat_shapes(params)
+    allowed = [a for a in (config.training.get("init_allow_missing", ""),
+                           lora.LORA_PARAMS if builders.lora_rank(config) else "") if a]
+    admitted = lambda path: any(re.search(a, path) for a in allowed)  # noqa: E731
+    found = []
+    for path in sorted(set(source) | set(expected)):
+        if path not in source:
+            found.append((path, "not in the source"))
+        elif path not in expected:
+            found.append((path, "not in this network"))
+        elif source[path] != expected[path]:
+            found.append((path, f"{source[path]} in the source, {expected[path]} here"))
+    refused = [f"{path} ({why})" for path, why in found if not admitted(path)]
+    if refused:
+        raise ConfigError(f"training.init_from {config.training.init_from!r}: {len(refused)} "
+                          f"parameters differ from this network: {'; '.join(refused[:20])}"
+                          f"{f'; and {len(refused) - 20} more' if len(refused) > 20 else ''}; "
+                          f"training.init_allow_missing (a regular expression over these paths) "
+                          f"admits them: this network's keep their fresh initialisation, the "
+                          f"source's others are dropped")
+    return [path for path, _ in found]
+
+
+def check_init_from(config) -> None:
+    """ConfigError (one line) unless `training.init_from` names a run or imported checkpoint
+    with a checkpoint (the given step) whose parameters fit this config's network, computing
+    nothing but shapes."""
+    workdir, step = init_from_source(config.training.init_from)
+    source_config = workdir_io.read_config(workdir)
+    steps = (Checkpointer(workdir, read_only=True).manager.all_steps()
+             if loop.latest_checkpoint(workdir) is not None else [])
+    if not steps or (step is not None and step not in steps):
+        raise ConfigError(f"training.init_from {config.training.init_from!r}: no checkpoint "
+                          f"{'' if step is None else step} in {workdir!r} (steps: "
+                          f"{', '.join(map(str, sorted(steps))) or 'none'})")
+    rng = jax.random.PRNGKey(0)
+    source = jax.eval_shape(builders.build_method(source_config).init_params, rng)
+    init_from_mismatches(config, jax.eval_shape(lambda p: _merged_source(source_config, config, p),
+                                                source),
+                         jax.eval_shape(builders.build_method(config).init_params, rng))
+
+
+def _merged_source(source_config, config, params):
+    """A LoRA source's parameters with its adapters merged when this config has no LoRA."""
+    if builders.lora_rank(source_config) and not builders.lora_rank(config):
+        return lora.merge_lora(params, source_config.model.lora_alpha
+                               / builders.lora_rank(source_config))
+    return params
+
+
+def init_from(config, mesh) -> Callable:
+    """`initial(params) -> (params, ema_params)` for `training.loop.train`: the parameters and
+    EMA parameters of the checkpoint `training.init_from` names (another run, or an imported
+    checkpoint, `importers.run`; a LoRA run's adapters merged into its weights unless this
+    config has LoRA too), restored onto `mesh`; the paths `init_from_mismatches` admits
+    keep the fresh initialisation `params` has."""
+    def initial(params):
+        workdir, step = init_from_source(config.training.init_from)
+        source_config, _, state = restore_run(workdir, mesh, step)
+        state = state.replace(params=_merged_source(source_config, config, state.params),
+                              ema_params=_merged_source(source_config, config, state.ema_params))
+        fresh = set(init_from_mismatches(config, state.params, params))
+        flat = flax.traverse_util.flatten_dict(params)
+        pick = lambda source: flax.traverse_util.unflatten_dict({  # noqa: E731
+            key: value if "/".join(map(str, key)) in fresh else source[key]
+            for key, value in flat.items()})
+        return (pick(flax.traverse_util.flatten_dict(state.params)),
+                pick(flax.traverse_util.flatten_dict(state.ema_params)))
+    return initial
+
+
+def sampling_state(config, state: TrainState) -> TrainState:
+    """`state` with LoRA adapters merged into its parameters and EMA (`model.lora_merge`, the
+    default), which sample and evaluate as the adapted network does, without the adapters'
+    extra work per evaluation."""
+    rank = builders.lora_rank(config)
+    if not rank or not config.model.get("lora_merge", True):
+        return state
+    scale = config.model.lora_alpha / rank
+    return state.replace(params=lora.merge_lora(state.params, scale),
+                         ema_params=lora.merge_lora(state.ema_params, scale))
 
 
 def training_images(config, count: int) -> np.ndarray:

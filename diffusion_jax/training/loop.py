@@ -77,20 +77,29 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _create(method, optimizer, seed: int) -> TrainState:
+def _create(method, optimizer, seed: int, params=None, ema_params=None) -> TrainState:
+    """The step-0 state of `seed`: parameters initialised from it unless `params` (and
+    `ema_params`) are given, then the method's aux state and a fresh optimizer state."""
     init_rng, train_rng, aux_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
-    params = method.init_params(init_rng)
-    return create_train_state(params, optimizer, train_rng, method.init_aux(params, aux_rng))
+    params = method.init_params(init_rng) if params is None else params
+    state = create_train_state(params, optimizer, train_rng, method.init_aux(params, aux_rng))
+    return state if ema_params is None else state.replace(ema_params=ema_params)
 
 
-def initial_state(method, optimizer, seed: int, mesh, resources: Callable[[], dict] = dict
-                  ) -> TrainState:
+def initial_state(method, optimizer, seed: int, mesh, resources: Callable[[], dict] = dict,
+                  initial: Optional[Callable] = None) -> TrainState:
     """The state at step 0, laid out over the mesh as `parallel.state_shardings` says
-    (replicated, or split over its `fsdp` axis): parameters initialised from the seed, then
-    `method.start(params, aux, resources())` with the method's restored requirements (e.g. a
-    student that starts from its teacher); EMA and optimizer state follow changed parameters."""
+    (replicated, or split over its `fsdp` axis): parameters initialised from the seed, or
+    `initial(params) -> (params, ema_params)` of them (fine-tuning: another run's weights, on
+    `mesh`), then `method.start(params, aux, resources())` with the method's restored
+    requirements (e.g. a student that starts from its teacher); EMA and optimizer state follow
+    changed parameters."""
     shardings = jax.tree.map(lambda s: s.sharding, abstract_state(method, optimizer, mesh))
     state = jax.jit(lambda: _create(method, optimizer, seed), out_shardings=shardings)()
+    if initial is not None:
+        params, ema_params = initial(state.params)
+        state = jax.jit(lambda p, e: _create(method, optimizer, seed, p, e),
+                        out_shardings=shardings)(params, ema_params)
     restored = resources()
     if not restored:
         return state
@@ -175,13 +184,15 @@ def _finite_values(metrics, step: int, n: int, last_checkpoint) -> dict:
 
 def train(method, optimizer, mesh, settings: Settings, workdir: str,
           training_data: Callable, resources: Callable[[], dict] = dict,
-          hooks: Hooks = Hooks()) -> tuple[TrainState, bool]:
+          hooks: Hooks = Hooks(), initial: Optional[Callable] = None
+          ) -> tuple[TrainState, bool]:
     """Train to `settings.num_steps`, resuming from the newest checkpoint in `workdir`.
 
     `training_data(aux) -> (source, decode)` gives the random-access training source once the
     state (and its aux, e.g. a frozen encoder) exists; `resources()` the method's restored
-    requirements, asked for only when the run starts fresh. Returns the final state and whether
-    SIGTERM stopped the run early (after a checkpoint).
+    requirements, and `initial(params) -> (params, ema_params)` the weights a fine-tuning run
+    starts from (`initial_state`), both asked for only when the run starts fresh. Returns the
+    final state and whether SIGTERM stopped the run early (after a checkpoint).
 
     Every step's metrics are fetched while the next step runs, so a non-finite loss stops the
     run (TrainingDiverged) before a non-finite state is checkpointed, and SIGTERM is seen within
@@ -195,7 +206,7 @@ def train(method, optimizer, mesh, settings: Settings, workdir: str,
     if checkpointer.latest_step() is not None:
         state, saved = checkpointer.restore(abstract)
     else:
-        state = initial_state(method, optimizer, t.seed, mesh, resources)
+        state = initial_state(method, optimizer, t.seed, mesh, resources, initial)
     source, decode = training_data(state.aux)
     loader = BatchLoader(source, decode, global_batch=t.batch_size, seed=t.seed,
                          random_flip=t.random_flip,
