@@ -35,6 +35,21 @@ def test_train_throughput_smoke():
 
 
 @pytest.mark.slow
+def test_train_throughput_times_the_sit_backbone_on_latents():
+    """The sit_xl2 row (tiny: two DiT blocks) trains on 4-channel latents through the flow
+    method; without --dit_repo no PyTorch row is printed and the ratio is n/a."""
+    stdout = run_script("train_throughput.py", "--tiny", "--networks", "sit_xl2", "--dtypes",
+                        "bfloat16", "--batch", "2", "--steps", "1", "--image_size", "8",
+                        "--matmul", "64")
+    header, *rows = table_rows(stdout)
+    assert "vs PyTorch compiled bf16" in header
+    (row,) = rows
+    cells = row.strip("| ").split(" | ")
+    assert cells[0] == "sit_xl2" and cells[3] == "diffusion_jax bfloat16" and cells[-1] == "n/a"
+    assert int(cells[1].replace(",", "")) > 0 and float(cells[4].replace(",", "")) > 0
+
+
+@pytest.mark.slow
 def test_sampler_throughput_smoke():
     stdout = run_script("sampler_throughput.py", "--tiny", "--batch", "2", "--image_size", "8",
                         "--samplers", "ddim", "--steps_scale", "0.01", "--repeats", "1")
