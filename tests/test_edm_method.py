@@ -60,18 +60,24 @@ def test_fast_samplers_sample_gaussian_data_with_its_exact_denoiser(method):
     assert abs(float(jnp.std(out)) - s) < 0.02
 
 
-def test_guidance_scale_changes_class_conditional_samples():
+def test_guided_samples_are_the_closed_form_combination_of_the_class_conditional_model():
+    """One Euler step onto sigma = 0 is x = D_w(x, sigma_max), and D_w = D_u + w (D_c - D_u)
+    is affine in w: the w = 3 sample is s(0) + 3 (s(1) - s(0)), with s(0) the unconditional
+    (null-label) and s(1) the conditional sample. Control: the 1 + w convention of some codes
+    (D_c + w (D_c - D_u)) is rejected by the same check."""
     config = tiny_edm_config(digits_cond.get_config)
     config.model.init_scale = 1.0  # a non-zero output layer, so labels matter at initialisation
     method = builders.build_method(config)
     params = method.init_params(jax.random.key(0))
     x_init = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
     labels = jnp.arange(4, dtype=jnp.int32)
-    sample = lambda w: method.sample(params, jax.random.key(2), x_init, labels,
-                                     sampler=method.sampler(method="euler", num_steps=4,
-                                                            guidance_scale=w))[0]
-    guided, plain = sample(3.0), sample(1.0)
-    assert np.isfinite(guided).all() and not np.allclose(guided, plain)
+    sample = lambda w: np.asarray(method.sample(
+        params, jax.random.key(2), x_init, labels,
+        sampler=method.sampler(method="euler", num_steps=1, guidance_scale=w))[0], np.float64)
+    s0, s1, s3 = sample(0.0), sample(1.0), sample(3.0)
+    assert np.abs(s1 - s0).max() > 1e-3  # the labels matter, so the check below has teeth
+    np.testing.assert_allclose(s3, s0 + 3.0 * (s1 - s0), atol=1e-4)
+    assert not np.allclose(s3, s1 + 3.0 * (s1 - s0), atol=1e-4)
 
 
 def test_guidance_on_an_unconditional_model_is_a_config_error():
