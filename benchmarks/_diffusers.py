@@ -42,6 +42,35 @@ def median_seconds(call, repeats: int, device: str, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def time_training_modes(name: str, make_model, make_optimizer, loss_of, batch: int, steps: int,
+                        device: str):
+    """(mode, images/s) rows of a PyTorch training step in the four modes users pick: eager and
+    torch.compile, tf32 and bf16 autocast. make_model() builds a fresh network on `device`,
+    make_optimizer(params) its optimizer, loss_of(forward) the loss of one batch through
+    `forward` (the network, compiled or not)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    rows = []
+    for compiled in (False, True):
+        for autocast in (False, True):
+            model = make_model()
+            opt = make_optimizer(model.parameters())
+            forward = torch.compile(model) if compiled else model
+
+            def step():
+                with torch.autocast(device, torch.bfloat16, enabled=autocast):
+                    loss = loss_of(forward)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            seconds = median_seconds(step, steps, device, warmup=5)
+            rows.append((f"{name} {'compiled' if compiled else 'eager'} "
+                         f"{'bf16' if autocast else 'tf32'}", batch / seconds))
+    return rows
+
+
 def unet(image_size: int = 32, device: str = "cuda", tiny: bool = False):
     """The DDPM CIFAR-10 U-Net in diffusers (35.7M parameters at ch 128, ch_mult (1, 2, 2, 2),
     2 blocks, attention at 16x16, dropout 0.1) on `device`; `tiny`: the shape of

@@ -44,26 +44,11 @@ def time_training(dit_repo: str, batch: int, steps: int, image_size: int, device
         return []
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    rows = []
-    for compiled in (False, True):
-        for autocast in (False, True):
-            model = dit(dit_repo, image_size, device, tiny)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-            fwd = torch.compile(model) if compiled else model
-            x = torch.randn(batch, 4, image_size, image_size, device=device)
-            t = torch.rand(batch, device=device)
-            y = torch.zeros(batch, dtype=torch.long, device=device)
-
-            def step():
-                with torch.autocast(device, torch.bfloat16, enabled=autocast):
-                    loss = torch.nn.functional.mse_loss(fwd(x, t, y)[:, :4], x)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            seconds = _diffusers.median_seconds(step, steps, device, warmup=5)
-            mode = (f"official DiT {'compiled' if compiled else 'eager'} "
-                    f"{'bf16' if autocast else 'tf32'}")
-            rows.append((mode, batch / seconds))
-    return rows
+    x = torch.randn(batch, 4, image_size, image_size, device=device)
+    t = torch.rand(batch, device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    return _diffusers.time_training_modes(
+        "official DiT", lambda: dit(dit_repo, image_size, device, tiny),
+        lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0),
+        lambda forward: torch.nn.functional.mse_loss(forward(x, t, y)[:, :4], x),
+        batch, steps, device)

@@ -85,28 +85,13 @@ def time_diffusers(batch: int, steps: int, image_size: int, device: str = "cuda"
         return []
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    rows = []
-    for compiled in (False, True):
-        for autocast in (False, True):
-            model = _diffusers.unet(image_size, device, tiny)
-            opt = torch.optim.Adam(model.parameters(), lr=2e-4)
-            fwd = torch.compile(model) if compiled else model
-            x = torch.randn(batch, 3, image_size, image_size, device=device)
-            t = torch.randint(0, 1000, (batch,), device=device)
-
-            def step():
-                with torch.autocast(device, torch.bfloat16, enabled=autocast):
-                    loss = torch.nn.functional.mse_loss(fwd(x, t).sample, x)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            seconds = _diffusers.median_seconds(step, steps, device, warmup=5)
-            mode = (f"diffusers {'compiled' if compiled else 'eager'} "
-                    f"{'bf16' if autocast else 'tf32'}")
-            rows.append((mode, batch / seconds))
-    return rows
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    return _diffusers.time_training_modes(
+        "diffusers", lambda: _diffusers.unet(image_size, device, tiny),
+        lambda params: torch.optim.Adam(params, lr=2e-4),
+        lambda forward: torch.nn.functional.mse_loss(forward(x, t).sample, x),
+        batch, steps, device)
 
 
 def main(argv=None):
