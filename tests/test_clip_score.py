@@ -1,0 +1,106 @@
+"""CLIP's two towers, its preprocessing and the CLIP score (`models.clip_vision`,
+`evaluation.clip_score`) against transformers on a tiny random `CLIPModel`
+(tests/data/clip_tiny, written by tools/make_clip_fixtures.py with transformers 5.24)."""
+import functools
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.evaluation import clip_score
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "clip_tiny")
+MODEL = os.path.join(DATA, "model")
+
+
+@functools.lru_cache(maxsize=None)
+def reference():
+    return dict(np.load(os.path.join(DATA, "reference.npz")))
+
+
+@functools.lru_cache(maxsize=None)
+def model():
+    return clip_score.load_clip_model(MODEL)
+
+
+def max_err(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def test_image_tower_equals_transformers():
+    """Our ViT (patches, class token, pre-LN, gelu blocks, post-LN class token, projection) on
+    the processor's pixels gives transformers' pooled output and `get_image_features`."""
+    ref, m = reference(), model()
+    out = m.vision.apply({"params": m.params["vision"]}, ref["pixel_values"])
+    assert max_err(out.pooled, ref["vision_pooled"]) < 1e-5
+    assert max_err(out.image_embeds, ref["image_embeds"]) < 1e-5
+    # negative control: the embeddings are not all alike, so a mis-mapped tensor would show
+    assert max_err(ref["image_embeds"][0], ref["image_embeds"][1]) > 0.1
+
+
+def test_text_tower_equals_transformers():
+    """Our tokenizer gives transformers' ids (padding to the longest) and our text tower with
+    its projection gives `get_text_features` (the end-of-text token is id 2513 here, found by
+    id, not as the largest id)."""
+    ref, m = reference(), model()
+    ids = m.tokenizer([str(c) for c in ref["captions"]])
+    length = ref["input_ids"].shape[1]
+    np.testing.assert_array_equal(ids[:, :length], ref["input_ids"])
+    embeds = m.text.apply({"params": m.params["text"]}, ids)
+    assert max_err(embeds, ref["text_embeds"]) < 1e-5
+    pooled = m.text.encoder.apply({"params": m.params["text"]["encoder"]}, ids).pooled
+    assert max_err(pooled, ref["text_pooled"]) < 1e-5
+    assert max_err(ref["text_embeds"][0], ref["text_embeds"][1]) > 0.1  # negative control
+
+
+def test_preprocessing_equals_the_pil_processor_and_the_default_within_one_level():
+    """Resize of the shorter side (bicubic), centre crop, CLIP mean/std: equal to
+    `CLIPImageProcessorPil` to float32 rounding, and within 0.015 (one 8-bit level after
+    normalisation) of transformers 5's torchvision-resizing `CLIPImageProcessor`."""
+    ref, m = reference(), model()
+    ours = np.concatenate([clip_score.preprocess(ref["image_40x48"], m.preprocessing),
+                           clip_score.preprocess(ref["image_36x36"], m.preprocessing)])
+    assert ours.shape == ref["pixel_values"].shape == (4, 32, 32, 3)
+    assert max_err(ours, ref["pixel_values_pil"]) < 1e-5
+    assert max_err(ours, ref["pixel_values"]) < 0.016
+    # negative control: without the centre crop (the top-left corner) the pixels differ
+    shifted = clip_score.preprocess(ref["image_40x48"][:, :, 8:], m.preprocessing)
+    assert max_err(shifted, ref["pixel_values_pil"][:2]) > 0.1
+
+
+def test_clip_score_equals_the_formula_on_transformers_embeddings():
+    """100 mean_i max(cos_i, 0) from uint8 images and captions equals the value the fixture
+    script computed from transformers' embeddings; shuffled captions (rolled by one) give the
+    fixture's other, recorded score (the negative control). torchmetrics clamps the mean
+    instead; on this random model the mean cosine is negative, so its score is 0."""
+    ref, m = reference(), model()
+    images = np.concatenate([clip_score.preprocess(ref["image_40x48"], m.preprocessing),
+                             clip_score.preprocess(ref["image_36x36"], m.preprocessing)])
+    captions = [str(c) for c in ref["captions"]]
+    image_embeds = m.vision.apply({"params": m.params["vision"]}, images).image_embeds
+    text_embeds = clip_score.text_embeddings(m, captions, batch_size=4)
+    np.testing.assert_allclose(clip_score.cosines(ref["image_embeds"], ref["text_embeds"]),
+                               ref["cosines"], atol=1e-6)
+    assert clip_score.clip_score(ref["image_embeds"], ref["text_embeds"]) == pytest.approx(
+        float(ref["clip_score"]), abs=1e-4)
+    assert clip_score.clip_score(image_embeds, text_embeds) == pytest.approx(
+        float(ref["clip_score"]), abs=0.05)
+    shuffled = clip_score.clip_score(image_embeds, np.roll(text_embeds, 1, axis=0))
+    assert shuffled == pytest.approx(float(ref["clip_score_shuffled"]), abs=0.05)
+    assert abs(shuffled - float(ref["clip_score"])) > 0.3
+    assert float(ref["torchmetrics_score"]) == 0.0 and np.mean(ref["cosines"]) < 0
+    # the whole path from uint8 images of one size
+    whole = clip_score.clip_score_of(m, ref["image_40x48"], captions[:2], batch_size=2)
+    assert whole == pytest.approx(100 * np.mean(np.maximum(ref["cosines"][:2], 0)), abs=0.05)
+
+
+def test_a_missing_file_is_a_config_error(tmp_path):
+    partial = tmp_path / "clip"
+    shutil.copytree(MODEL, partial)
+    os.remove(partial / "merges.txt")
+    with pytest.raises(ConfigError, match="merges.txt"):
+        clip_score.load_clip_model(str(partial))
+    with pytest.raises(ConfigError, match="eval.clip_model_dir"):
+        clip_score.load_clip_model(str(tmp_path / "absent"))
