@@ -2,6 +2,7 @@
 `evaluation.clip_score`) against transformers on a tiny random `CLIPModel`
 (tests/data/clip_tiny, written by tools/make_clip_fixtures.py with transformers 5.24)."""
 import functools
+import json
 import os
 import shutil
 
@@ -104,3 +105,109 @@ def test_a_missing_file_is_a_config_error(tmp_path):
         clip_score.load_clip_model(str(partial))
     with pytest.raises(ConfigError, match="eval.clip_model_dir"):
         clip_score.load_clip_model(str(tmp_path / "absent"))
+
+
+SD_TINY = os.path.join(os.path.dirname(__file__), "data", "sd_tiny", "sd15")
+
+
+def folder_caption(i):
+    """The captions of `caption_folder`; this random CLIP gives positive cosines to the empty
+    caption's samples, negative ones to the others, so the score is neither 0 nor unclamped."""
+    return "" if i == 0 else f"a photo of shape number {i}"
+
+
+def caption_folder(root, count=4):
+    """`root/test/` with `count` smooth random images (40x48 pixels) and `folder_caption`s."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    os.makedirs(root / "test")
+    for i in range(count):
+        coarse = rng.uniform(0, 255, (11, 13, 3))
+        image = np.kron(coarse, np.ones((4, 4, 1)))[:40, :48].astype(np.uint8)
+        Image.fromarray(image).save(root / "test" / f"{i}.png")
+        (root / "test" / f"{i}.txt").write_text(folder_caption(i))
+    return str(root)
+
+
+def sd_eval_config(data_dir, **eval_options):
+    from diffusion_jax.config_files import load_config
+
+    config = load_config("configs/stable_diffusion/sd15.py")
+    config.sd.model_dir = SD_TINY
+    config.data.data_dir = data_dir
+    config.sampling.num_steps = 4
+    config.eval.update(dict(dict(num_samples=4, batch_size=2, num_reference=4,
+                                 clip_model_dir=MODEL), **eval_options))
+    return config
+
+
+def test_eval_mode_of_stable_diffusion_gives_fid_against_the_folder_and_clip_score(
+        tmp_path, monkeypatch):
+    """`--mode=eval` on the tiny SD 1.5 directory: samples of the folder's test captions in
+    order; FID of the feature network against the folder's test images resized to the sampling
+    resolution (32x32), and the CLIP score of each sample against its own caption. The feature
+    network is replaced by a 2-d colour feature (the FID Inception's own agreement with
+    pytorch-fid is tests/test_inception.py's), so the FID is recomputed here exactly."""
+    from diffusion_jax import launcher
+    from diffusion_jax.data.folder import load_resized
+    from diffusion_jax.evaluation import inception
+    from diffusion_jax.evaluation.frechet import feature_statistics, frechet_distance
+    from diffusion_jax.images import quantize, to_uint8
+
+    def colour(images):
+        return np.stack([images[..., 0].mean((1, 2)), images[..., 1].std((1, 2))], -1)
+
+    seen = []
+
+    def features(path, batch_size, mesh, protocol):
+        def fn(images):
+            seen.append(np.asarray(images))
+            return colour(np.asarray(images, np.float64)), np.ones((len(images), 10))
+        return fn
+
+    monkeypatch.setattr(inception, "inception_feature_fn", features)
+    weights = tmp_path / "inception.npz"
+    weights.write_bytes(b"")
+    data_dir = caption_folder(tmp_path / "data")
+    config = sd_eval_config(data_dir, inception_weights=str(weights))
+    workdir = tmp_path / "eval"
+    assert launcher.run(config, str(workdir), "eval") == 0
+    with open(workdir / "eval" / "step_0" / "metrics.json") as f:
+        metrics = json.load(f)
+    samples = np.concatenate([np.load(workdir / "eval" / "step_0" / f"batch_0000{b}.npz")
+                              ["images"] for b in range(2)])
+    assert samples.shape == (4, 32, 32, 3)
+    reference = np.stack([load_resized(os.path.join(data_dir, "test", f"{i}.png"), (32, 32, 3))
+                          for i in range(4)])
+    np.testing.assert_allclose(seen[1], reference, atol=1e-6)  # the folder's images, at 32x32
+    expected = frechet_distance(*feature_statistics(colour(quantize(samples).astype(np.float64))),
+                                *feature_statistics(colour(reference.astype(np.float64))))
+    assert metrics["fid"] == pytest.approx(expected, rel=1e-6)
+    captions = [folder_caption(i) for i in range(4)]
+    clip = clip_score.load_clip_model(MODEL)
+    cosines = clip_score.cosines(clip_score.image_embeddings(clip, to_uint8(samples)),
+                                 clip_score.text_embeddings(clip, captions))
+    assert np.any(cosines > 0) and np.any(cosines < 0)  # the clamp matters here
+    assert metrics["clip_score"] == pytest.approx(100 * np.mean(np.maximum(cosines, 0)),
+                                                  abs=1e-5)
+    # negative control: the same samples scored against the captions rolled by one differ
+    rolled = clip_score.clip_score_of(clip, to_uint8(samples), captions[1:] + captions[:1])
+    assert abs(rolled - metrics["clip_score"]) > 0.1
+    print("eval metrics", metrics, "rolled captions", rolled)
+
+
+def test_eval_mode_names_a_missing_file_before_sampling(tmp_path):
+    from diffusion_jax import launcher
+
+    data_dir = caption_folder(tmp_path / "data", count=1)
+    weights = tmp_path / "inception.npz"
+    weights.write_bytes(b"")
+    config = sd_eval_config(data_dir, inception_weights=str(tmp_path / "absent.npz"))
+    with pytest.raises(ConfigError, match="eval.inception_weights"):
+        launcher.run(config, str(tmp_path / "a"), "eval")
+    config = sd_eval_config(data_dir, inception_weights=str(weights),
+                            clip_model_dir=str(tmp_path / "no_clip"))
+    with pytest.raises(ConfigError, match="eval.clip_model_dir .* has no config.json"):
+        launcher.run(config, str(tmp_path / "b"), "eval")
+    assert not os.path.exists(tmp_path / "b" / "eval" / "step_0" / "batch_00000.npz")

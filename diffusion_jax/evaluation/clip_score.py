@@ -31,6 +31,7 @@ from diffusion_jax.tokenizer import CLIPTokenizer
 from diffusion_jax.weight_files import (abstract_params, params_from_state_dict, read_json,
                                         read_safetensors)
 
+REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -137,7 +138,7 @@ def load_clip_model(path: str) -> CLIPModel:
     a missing file is a ConfigError naming it."""
     if not os.path.isdir(path):
         raise ConfigError(f"CLIP model directory {path!r} does not exist (eval.clip_model_dir)")
-    for name in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
+    for name in REQUIRED_FILES:
         if not os.path.isfile(os.path.join(path, name)):
             raise ConfigError(f"CLIP model directory {path!r} has no {name} (a transformers "
                               f"CLIPModel directory with its tokenizer files)")
