@@ -211,3 +211,23 @@ def test_eval_mode_names_a_missing_file_before_sampling(tmp_path):
     with pytest.raises(ConfigError, match="eval.clip_model_dir .* has no config.json"):
         launcher.run(config, str(tmp_path / "b"), "eval")
     assert not os.path.exists(tmp_path / "b" / "eval" / "step_0" / "batch_00000.npz")
+
+
+def test_parameter_counts_of_clip_vit_l14():
+    """openai/clip-vit-large-patch14's towers at their real shapes have transformers' parameter
+    counts (`CLIPModel` on torch's meta device: image tower with projection 303,966,208, text
+    tower with projection 123,650,304; with logit_scale 427,616,513 in all)."""
+    import jax
+
+    from diffusion_jax.models.clip_text import CLIPTextEncoder
+    from diffusion_jax.models.clip_vision import CLIPTextWithProjection, CLIPVisionEncoder
+    from diffusion_jax.weight_files import abstract_params
+
+    def count(tree):
+        return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+    vision = CLIPVisionEncoder(patch_size=14, width=1024, num_layers=24, num_heads=16,
+                               mlp_dim=4096, projection_dim=768)
+    text = CLIPTextWithProjection(CLIPTextEncoder(), projection_dim=768)
+    assert count(abstract_params(vision, np.zeros((1, 224, 224, 3), np.float32))) == 303_966_208
+    assert count(abstract_params(text, np.zeros((1, 77), np.int32))) == 123_650_304
