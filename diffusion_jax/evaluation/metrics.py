@@ -70,23 +70,25 @@ def _reference_images(config, n: int, image_shape=None) -> np.ndarray:
                         image_shape=image_shape if spec is not None and spec.any_size else None)
 
 
-def _uses_inception(config) -> bool:
-    return config.data.dataset not in ("shapes", "digits")
+def _check_feature_files(config) -> None:
+    """ConfigError when the reference statistics or the FID Inception weights are missing."""
+    e = config.eval
+    if e.reference_stats and not os.path.exists(e.reference_stats):
+        raise ConfigError(f"eval.reference_stats {e.reference_stats!r} does not exist")
+    if config.data.dataset not in ("shapes", "digits"):  # the FID Inception's data sets
+        if not e.inception_weights:
+            raise ConfigError(f"eval of {config.data.dataset!r} needs the FID Inception weights: "
+                              f"set eval.inception_weights (see tools/convert_inception_weights.py)")
+        if not os.path.exists(e.inception_weights):
+            raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
 
 
 def check_files(config, captioned: bool) -> None:
     """ConfigError when a file the metrics of `config` need is missing (run before sampling):
     the reference statistics, the FID Inception weights, the CLIP model directory (which needs
     a caption-conditioned model)."""
+    _check_feature_files(config)
     e = config.eval
-    if e.reference_stats and not os.path.exists(e.reference_stats):
-        raise ConfigError(f"eval.reference_stats {e.reference_stats!r} does not exist")
-    if _uses_inception(config):
-        if not e.inception_weights:
-            raise ConfigError(f"eval of {config.data.dataset!r} needs the FID Inception weights: "
-                              f"set eval.inception_weights (see tools/convert_inception_weights.py)")
-        if not os.path.exists(e.inception_weights):
-            raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
     if e.get("clip_model_dir", ""):
         if not captioned:
             raise ConfigError("eval.clip_model_dir: the CLIP score needs a caption-conditioned "
@@ -111,8 +113,7 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
 
     e = config.eval
     stats_path = os.path.join(directory, "reference_stats.npz") if directory else ""
-    if e.reference_stats and not os.path.exists(e.reference_stats):
-        raise ConfigError(f"eval.reference_stats {e.reference_stats!r} does not exist")
+    _check_feature_files(config)
     stats = load_statistics(e.reference_stats) if e.reference_stats else None
     if config.data.dataset == "shapes":
         return shapes_caption_metrics(samples)
@@ -128,11 +129,6 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
 
     protocol = e.get("inception_protocol", "tensorflow")
     choose("eval.inception_protocol", protocol, PROTOCOLS)
-    if not e.inception_weights:
-        raise ConfigError(f"eval of {config.data.dataset!r} needs the FID Inception weights: "
-                          f"set eval.inception_weights (see tools/convert_inception_weights.py)")
-    if not os.path.exists(e.inception_weights):
-        raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
     features = inception_feature_fn(e.inception_weights, batch(200), mesh, protocol=protocol)
     return dict(feature_metrics(features, samples,
                                 _reference_images(config, e.num_reference, image_shape),
