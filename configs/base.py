@@ -200,8 +200,10 @@ def stable_diffusion_config(base: str = "sd15") -> ml_collections.ConfigDict:
     folder, `data.data_dir`): diffusers' train_text_to_image example settings, AdamW lr 1e-5
     (weight decay 0.01), clip 1, EMA 0.9999, caption dropout 0.1 (as the released models were
     trained); batch and mesh to the devices (`mesh.fsdp` shards the U-Net and its optimizer
-    state). Not wired yet: `--mode=eval` metrics for these models (FID against a folder's test
-    images, CLIP score).
+    state). `--mode=eval` samples the test captions of the folder and computes FID (the FID
+    Inception of `eval.inception_weights`) against its `eval.reference_split` images at the
+    sampling resolution, and, when `eval.clip_model_dir` names a transformers `CLIPModel`
+    directory (e.g. openai/clip-vit-large-patch14 with its tokenizer files), the CLIP score.
     """
     c = base_config()
     c.method = "stable_diffusion"
@@ -223,5 +225,8 @@ def stable_diffusion_config(base: str = "sd15") -> ml_collections.ConfigDict:
                       rho=7.0, eta=1.0, S_noise=1.0, S_churn=0.0, order=3,
                       **dict(guidance_defaults(), guidance_scale=7.5))
     c.edit.strength = 0.75
-    c.eval.update(num_samples=1000, batch_size=8, reference_split="test", num_reference=1000)
+    # clip_model_dir: a transformers CLIPModel directory (config.json, model.safetensors,
+    # vocab.json, merges.txt, preprocessor_config.json) for the CLIP score; "" = none
+    c.eval.update(num_samples=1000, batch_size=8, reference_split="test", num_reference=1000,
+                  clip_model_dir="")
     return c

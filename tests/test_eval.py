@@ -56,7 +56,7 @@ def test_fid_uses_and_records_the_configured_inception_protocol(tmp_path, monkey
         return lambda images: (rng.normal(size=(len(images), 8)), rng.normal(size=(len(images), 10)))
 
     monkeypatch.setattr(inception, "inception_feature_fn", features)
-    monkeypatch.setattr(sample_metrics, "_reference_images", lambda config, n: np.zeros((16, 32, 32, 3)))
+    monkeypatch.setattr(sample_metrics, "_reference_images", lambda config, n, shape: np.zeros((16, 32, 32, 3)))
     weights = tmp_path / "inception.npz"
     weights.write_bytes(b"")
     config = cifar10.get_config()

@@ -6,7 +6,10 @@ fold_in(seed, b), so the images are the same). Metrics (`evaluation.metrics`) go
 `workdir/eval/step_<N>/metrics.json` and one line of `metrics.jsonl` (`eval/` keys), and are
 printed as one table, with the mean sampler statistics the method reports (`nfe`), an
 autoencoder's test reconstruction error and, for methods with a likelihood, test-set bits/dim
-(`eval.bpd_num_examples` > 0; `evaluation.test_split`).
+(`eval.bpd_num_examples` > 0; `evaluation.test_split`). A caption-conditioned model (Stable
+Diffusion) samples the test split's captions in order, and with `eval.clip_model_dir` gets
+the CLIP score of each sample against its caption (`metrics.caption_metrics`). Every file the
+metrics need is checked before sampling.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import jax
 import numpy as np
 
 from diffusion_jax import sampling
+from diffusion_jax.data.datasets import captions as dataset_captions
 from diffusion_jax.evaluation import metrics as sample_metrics, test_split
 from diffusion_jax.workdir import MetricsLog
 
@@ -42,6 +46,7 @@ def evaluate(config, workdir: str, mesh, method, state, sampler, conditions=None
     """Run the evaluation of `state` with `sampler`; `conditions` are the captions (tokens) to
     sample a text-conditional model with, in order (None: class labels or unconditional)."""
     e, s = config.eval, config.sampling
+    sample_metrics.check_files(config, captioned=conditions is not None)
     step = int(state.step)
     directory = os.path.join(workdir, "eval", f"step_{step}")
     os.makedirs(directory, exist_ok=True)
@@ -63,6 +68,11 @@ def evaluate(config, workdir: str, mesh, method, state, sampler, conditions=None
     samples, sampler_stats = _load_batches(directory, num_batches)
     samples = samples[:e.num_samples]
     metrics = sample_metrics.dataset_metrics(config, samples, directory, mesh)
+    if conditions is not None:
+        texts = dataset_captions(config.data.dataset, "test",
+                                 data_dir=config.data.data_dir or None)
+        metrics.update(sample_metrics.caption_metrics(
+            config, samples, [texts[i % len(texts)] for i in range(len(samples))], mesh))
     metrics.update(sampler_stats, num_samples=len(samples))
     if method.reconstructs:
         metrics.update(test_split.reconstruction_error(config, mesh, method, params))

@@ -5,8 +5,12 @@ distance is *not* FID, and its keys say `digits_`. The captioned shapes use thei
 position detectors. Every other data set uses the FID Inception-v3 (2015-12-05 graph) whose
 weights `eval.inception_weights` names: FID against `eval.reference_stats` (an `.npz` with
 `mu`, `sigma`, e.g. the published CIFAR-10 training-set statistics) or, when that is empty,
-against `eval.num_reference` images of the `eval.reference_split` split; KID and
-precision/recall always use those real images.
+against `eval.num_reference` images of the `eval.reference_split` split (a folder of
+image-caption pairs, Stable Diffusion's data set, is read at the samples' resolution: shorter
+side resized bicubically, centre-cropped); KID and precision/recall always use those real
+images. Samples of a caption-conditioned model also get a CLIP score (`evaluation.clip_score`)
+against the captions they were drawn for when `eval.clip_model_dir` names a transformers
+`CLIPModel` directory.
 
 Protocol (`eval.inception_protocol`, recorded as `inception_protocol` in the metrics): samples
 are quantised to uint8 as they would be saved, then resized to 299x299 bilinearly and scaled to
@@ -24,7 +28,7 @@ import os
 import jax
 import numpy as np
 
-from diffusion_jax.data.datasets import first_images
+from diffusion_jax.data.datasets import DATASETS, first_images
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.images import quantize
 
@@ -57,9 +61,44 @@ def feature_metrics(features, samples, reference, prefix: str = "",
             "precision": precision, "recall": recall}
 
 
-def _reference_images(config, n: int) -> np.ndarray:
+def _reference_images(config, n: int, image_shape=None) -> np.ndarray:
+    """The first `n` images of `eval.reference_split`, at `image_shape` (the samples') for a
+    data set of any size."""
+    spec = DATASETS.get(config.data.dataset)
     return first_images(config.data.dataset, config.eval.reference_split, n,
-                        data_dir=config.data.data_dir or None, download=config.data.download)
+                        data_dir=config.data.data_dir or None, download=config.data.download,
+                        image_shape=image_shape if spec is not None and spec.any_size else None)
+
+
+def _check_feature_files(config) -> None:
+    """ConfigError when the reference statistics or the FID Inception weights are missing."""
+    e = config.eval
+    if e.reference_stats and not os.path.exists(e.reference_stats):
+        raise ConfigError(f"eval.reference_stats {e.reference_stats!r} does not exist")
+    if config.data.dataset not in ("shapes", "digits"):  # the FID Inception's data sets
+        if not e.inception_weights:
+            raise ConfigError(f"eval of {config.data.dataset!r} needs the FID Inception weights: "
+                              f"set eval.inception_weights (see tools/convert_inception_weights.py)")
+        if not os.path.exists(e.inception_weights):
+            raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
+
+
+def check_files(config, captioned: bool) -> None:
+    """ConfigError when a file the metrics of `config` need is missing (run before sampling):
+    the reference statistics, the FID Inception weights, the CLIP model directory (which needs
+    a caption-conditioned model)."""
+    _check_feature_files(config)
+    e = config.eval
+    if e.get("clip_model_dir", ""):
+        if not captioned:
+            raise ConfigError("eval.clip_model_dir: the CLIP score needs a caption-conditioned "
+                              "model")
+        from diffusion_jax.evaluation.clip_score import REQUIRED_FILES
+
+        for name in REQUIRED_FILES:
+            if not os.path.isfile(os.path.join(e.clip_model_dir, name)):
+                raise ConfigError(f"eval.clip_model_dir {e.clip_model_dir!r} has no {name} (a "
+                                  f"transformers CLIPModel directory with its tokenizer files)")
 
 
 def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None) -> dict:
@@ -67,14 +106,14 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
     reference statistics it computes go to `directory/reference_stats.npz` when given. With a
     `mesh` the feature network runs on batches split over its devices."""
     samples = quantize(samples)  # clipped and 8-bit, as saved: the same for every feature space
+    image_shape = samples.shape[1:]
     ndev = mesh.devices.size if mesh is not None else 1
     batch = lambda size: -(-size // ndev) * ndev  # noqa: E731  (a multiple of the devices)
     from diffusion_jax.evaluation.frechet import load_statistics
 
     e = config.eval
     stats_path = os.path.join(directory, "reference_stats.npz") if directory else ""
-    if e.reference_stats and not os.path.exists(e.reference_stats):
-        raise ConfigError(f"eval.reference_stats {e.reference_stats!r} does not exist")
+    _check_feature_files(config)
     stats = load_statistics(e.reference_stats) if e.reference_stats else None
     if config.data.dataset == "shapes":
         return shapes_caption_metrics(samples)
@@ -82,22 +121,35 @@ def dataset_metrics(config, samples: np.ndarray, directory: str = "", mesh=None)
         from diffusion_jax.evaluation.digits_features import digits_feature_fn
 
         return feature_metrics(digits_feature_fn(batch(512), mesh=mesh), samples,
-                               _reference_images(config, e.num_reference), prefix="digits_",
+                               _reference_images(config, e.num_reference, image_shape),
+                               prefix="digits_",
                                reference_stats=stats, stats_path=stats_path)
     from diffusion_jax.errors import choose
     from diffusion_jax.evaluation.inception import PROTOCOLS, inception_feature_fn
 
     protocol = e.get("inception_protocol", "tensorflow")
     choose("eval.inception_protocol", protocol, PROTOCOLS)
-    if not e.inception_weights:
-        raise ConfigError(f"eval of {config.data.dataset!r} needs the FID Inception weights: "
-                          f"set eval.inception_weights (see tools/convert_inception_weights.py)")
-    if not os.path.exists(e.inception_weights):
-        raise ConfigError(f"eval.inception_weights {e.inception_weights!r} does not exist")
     features = inception_feature_fn(e.inception_weights, batch(200), mesh, protocol=protocol)
-    return dict(feature_metrics(features, samples, _reference_images(config, e.num_reference),
+    return dict(feature_metrics(features, samples,
+                                _reference_images(config, e.num_reference, image_shape),
                                 reference_stats=stats, stats_path=stats_path),
                 inception_protocol=protocol)
+
+
+def caption_metrics(config, samples: np.ndarray, captions, mesh=None) -> dict:
+    """{"clip_score"} of `samples` (in [-1, 1], quantised to 8 bits as saved) against the
+    `captions` they were drawn for, with the CLIP model of `eval.clip_model_dir`; {} when
+    that is empty."""
+    model_dir = config.eval.get("clip_model_dir", "")
+    if not model_dir:
+        return {}
+    from diffusion_jax.evaluation.clip_score import clip_score_of, load_clip_model
+    from diffusion_jax.images import to_uint8
+
+    ndev = mesh.devices.size if mesh is not None else 1
+    return {"clip_score": clip_score_of(load_clip_model(model_dir), to_uint8(samples),
+                                        list(captions), batch_size=-(-64 // ndev) * ndev,
+                                        mesh=mesh)}
 
 
 def shapes_caption_metrics(samples: np.ndarray) -> dict:

@@ -24,37 +24,19 @@ import os
 import re
 from typing import Any, Callable, Optional
 
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.importers.stable_diffusion_configs import RELEASED
-from diffusion_jax.models.clip_text import ACTIVATIONS, CLIPTextEncoder
+from diffusion_jax.models.clip_text import TEXT_RULES, CLIPTextEncoder, text_encoder_config
 from diffusion_jax.models.sd_unet import SDUNet
 from diffusion_jax.models.vae import AutoencoderKL
 from diffusion_jax.processes.schedules import cosine_betas
 from diffusion_jax.tokenizer import CLIPTokenizer
-
-StateDict = dict[str, np.ndarray]
-
-
-def read_safetensors(path: str) -> StateDict:
-    """The tensors of a `.safetensors` file as numpy, floating point upcast to float32."""
-    from safetensors.numpy import load_file
-
-    if not os.path.exists(path):
-        raise ConfigError(f"weights file {path!r} does not exist")
-    return {k: v.astype(np.float32, copy=False) if np.issubdtype(v.dtype, np.floating) else v
-            for k, v in load_file(path).items()}
-
-
-def read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+from diffusion_jax.weight_files import (StateDict, abstract_params, params_from_state_dict,
+                                        read_json, read_safetensors, torch_key)
 
 
 # ---- configs: diffusers / transformers config.json -> our module's keyword arguments
@@ -104,22 +86,6 @@ def unet_config(config: dict) -> dict:
                 freq_shift=float(config.get("freq_shift", 0)),
                 norm_num_groups=config.get("norm_num_groups", 32),
                 norm_eps=config.get("norm_eps", 1e-5), dropout=config.get("dropout", 0.0))
-
-
-def text_encoder_config(config: dict) -> dict:
-    """`CLIPTextEncoder` keyword arguments of a transformers `CLIPTextModel` config.json."""
-    activation = config.get("hidden_act", "quick_gelu")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"text encoder hidden_act {activation!r}; valid: "
-                          f"{', '.join(sorted(ACTIVATIONS))}")
-    return dict(vocab_size=config.get("vocab_size", 49408),
-                width=config.get("hidden_size", 512),
-                num_layers=config.get("num_hidden_layers", 12),
-                num_heads=config.get("num_attention_heads", 8),
-                mlp_dim=config.get("intermediate_size", 2048),
-                max_length=config.get("max_position_embeddings", 77), activation=activation,
-                layer_norm_eps=config.get("layer_norm_eps", 1e-5),
-                eos_token_id=config.get("eos_token_id", 49407))
 
 
 def vae_config(config: dict) -> dict:
@@ -218,69 +184,6 @@ VAE_RULES = (
     (r"/mid_block/attn/out/", "/mid_block/attentions/0/to_out/0/"),
     (r"/(down|up)sample/", r"/\1samplers/0/conv/"),
 )
-
-TEXT_RULES = (
-    (r"^token_embedding/embedding$", "embeddings/token_embedding/weight"),
-    (r"^position_embedding$", "embeddings/position_embedding/weight"),
-    (r"^layer_(\d+)/", r"encoder/layers/\1/"),
-    (r"/norm([12])/", r"/layer_norm\1/"),
-    (r"/attn/(q|k|v)/", r"/self_attn/\1_proj/"),
-    (r"/attn/out/", "/self_attn/out_proj/"),
-    (r"/(fc[12])/", r"/mlp/\1/"),
-    (r"^final_norm/", "final_layer_norm/"),
-)
-
-
-def torch_key(path: str, rules) -> str:
-    """The diffusers / transformers key of our parameter `path` ("a/b/kernel")."""
-    for pattern, replacement in rules:
-        path = re.sub(pattern, replacement, path)
-    return re.sub(r"/(kernel|scale|embedding)$", "/weight", path).replace("/", ".")
-
-
-def _to_flax(path: str, value: np.ndarray, shape: tuple) -> np.ndarray:
-    """A torch tensor in flax's layout for our leaf `path` of `shape` (the caller checks it)."""
-    if not path.endswith("kernel"):
-        return value
-    if len(shape) == 4:  # conv (out, in, kh, kw) -> (kh, kw, in, out)
-        return np.transpose(value, (2, 3, 1, 0)) if value.ndim == 4 else value
-    if value.ndim == 4 and value.shape[2:] == (1, 1):  # a 1x1 convolution used as Linear
-        value = value.reshape(value.shape[:2])
-    return value.T if value.ndim == 2 else value  # Linear (out, in) -> (in, out)
-
-
-def params_from_state_dict(state_dict: StateDict, shapes, rules, name: str,
-                           ignore: Callable[[str], bool] = lambda key: False) -> dict:
-    """Our parameter tree of the abstract `shapes` (`jax.eval_shape` of init's "params") filled
-    from `state_dict` through `rules`; keys for which `ignore` holds may be left unused.
-    ConfigError listing the missing, unexpected and misshapen tensors."""
-    flat = flax.traverse_util.flatten_dict(shapes, sep="/")
-    params, used, missing, misshapen = {}, set(), [], []
-    for path, leaf in flat.items():
-        key = torch_key(path, rules)
-        if key not in state_dict:
-            missing.append(key)
-            continue
-        used.add(key)
-        value = _to_flax(path, np.asarray(state_dict[key]), tuple(leaf.shape))
-        if value.shape != tuple(leaf.shape):
-            misshapen.append(f"{key} {tuple(state_dict[key].shape)} (need {tuple(leaf.shape)})")
-            continue
-        params[path] = np.asarray(value, np.float32)
-    unexpected = sorted(k for k in set(state_dict) - used if not ignore(k))
-    problems = [f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected),
-                                     ("misshapen", misshapen)) if items]
-    if problems:
-        raise ConfigError(f"{name} weights do not match its config ({len(missing)} missing, "
-                          f"{len(unexpected)} unexpected, {len(misshapen)} misshapen); "
-                          + "; ".join(problems))
-    return flax.traverse_util.unflatten_dict(params, sep="/")
-
-
-def abstract_params(module, *args) -> dict:
-    """The parameter shapes of `module.init(rng, *args)`, computed without weights."""
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), *args))["params"]
 
 
 def unet_params(state_dict: StateDict, config: dict) -> dict:

@@ -25,6 +25,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.errors import ConfigError
 from diffusion_jax.models.layers import rematerialized
 from diffusion_jax.models.ldm_layers import MultiHeadAttention
 
@@ -48,11 +49,12 @@ class EncoderLayer(nn.Module):
     activation: str
     eps: float
     dtype: Dtype = jnp.float32
+    causal: bool = True  # the text tower's mask; CLIP's image tower attends everywhere
 
     @nn.compact
     def __call__(self, x, mask=None):
         norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name=name)  # noqa: E731
-        x = x + MultiHeadAttention(self.num_heads, use_bias=True, causal=True, dtype=self.dtype,
+        x = x + MultiHeadAttention(self.num_heads, use_bias=True, causal=self.causal, dtype=self.dtype,
                                    name="attn")(norm("norm1")(x), mask=mask)
         h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(norm("norm2")(x))
         return x + nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(
@@ -107,3 +109,32 @@ class CLIPTextEncoder(nn.Module):
             eos = jnp.argmax(tokens == self.eos_token_id, axis=-1)
         pooled = jnp.take_along_axis(last, eos[:, None, None], axis=1)[:, 0]
         return CLIPTextOutput(context, tuple(x.astype(jnp.float32) for x in hidden), pooled)
+
+
+def text_encoder_config(config: dict) -> dict:
+    """`CLIPTextEncoder` keyword arguments of a transformers `CLIPTextModel` config.json."""
+    activation = config.get("hidden_act", "quick_gelu")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"text encoder hidden_act {activation!r}; valid: "
+                          f"{', '.join(sorted(ACTIVATIONS))}")
+    return dict(vocab_size=config.get("vocab_size", 49408),
+                width=config.get("hidden_size", 512),
+                num_layers=config.get("num_hidden_layers", 12),
+                num_heads=config.get("num_attention_heads", 8),
+                mlp_dim=config.get("intermediate_size", 2048),
+                max_length=config.get("max_position_embeddings", 77), activation=activation,
+                layer_norm_eps=config.get("layer_norm_eps", 1e-5),
+                eos_token_id=config.get("eos_token_id", 49407))
+
+
+# our parameter paths -> transformers CLIPTextModel keys (`weight_files.params_from_state_dict`)
+TEXT_RULES = (
+    (r"^token_embedding/embedding$", "embeddings/token_embedding/weight"),
+    (r"^position_embedding$", "embeddings/position_embedding/weight"),
+    (r"^layer_(\d+)/", r"encoder/layers/\1/"),
+    (r"/norm([12])/", r"/layer_norm\1/"),
+    (r"/attn/(q|k|v)/", r"/self_attn/\1_proj/"),
+    (r"/attn/out/", "/self_attn/out_proj/"),
+    (r"/(fc[12])/", r"/mlp/\1/"),
+    (r"^final_norm/", "final_layer_norm/"),
+)
