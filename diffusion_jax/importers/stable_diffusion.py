@@ -24,7 +24,6 @@ import os
 import re
 from typing import Any, Callable, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -36,7 +35,7 @@ from diffusion_jax.models.vae import AutoencoderKL
 from diffusion_jax.processes.schedules import cosine_betas
 from diffusion_jax.tokenizer import CLIPTokenizer
 from diffusion_jax.weight_files import (StateDict, abstract_params, params_from_state_dict,
-                                        read_json, read_safetensors, torch_key)
+                                        read_json, read_safetensors)
 
 
 # ---- configs: diffusers / transformers config.json -> our module's keyword arguments

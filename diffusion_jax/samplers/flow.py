@@ -17,7 +17,7 @@ t_hi down to t_lo over a time grid and loops with `jax.lax`.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
