@@ -52,6 +52,23 @@ def test_posterior_variance_is_beta_tilde():
                                (1 - ab_prev) / (1 - ab) * np.linspace(1e-4, 0.02, 10), rtol=1e-5)
 
 
+def test_prediction_targets_are_the_papers_closed_forms():
+    """eps (Ho et al. 2020), x0, and v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4),
+    written out here, not through the module's own conversions."""
+    rng = np.random.default_rng(0)
+    x0, eps = rng.standard_normal((2, 3, 4, 4, 1)).astype(np.float32)
+    alpha, sigma = np.float32([0.9, 0.5, 0.1]), np.float32([0.43589, 0.86603, 0.99499])
+    a, s = alpha[:, None, None, None], sigma[:, None, None, None]
+    expected = {"epsilon": eps, "x0": x0, "v": a * eps - s * x0}
+    assert set(expected) == set(parameterization.PREDICTION_TARGETS)
+    for kind, value in expected.items():
+        np.testing.assert_allclose(parameterization.target(kind, x0, eps, alpha, sigma), value,
+                                   rtol=1e-6, atol=1e-6)
+    # the negative control: v with the signs of the other convention (sigma x0 - alpha eps)
+    assert not np.allclose(parameterization.target("v", x0, eps, alpha, sigma),
+                           s * x0 - a * eps, atol=1e-3)
+
+
 @pytest.mark.parametrize("kind", parameterization.PREDICTION_TARGETS)
 def test_prediction_targets_convert_into_each_other(kind):
     rng = jax.random.key(0)
