@@ -142,3 +142,39 @@ def test_text_to_image_latent_diffusion_builds_and_traces(tmp_path):
                                negative_prompt="a blue circle on the left")), params, aux,
         batch["label"])
     assert images.shape == (4, 16, 16, 3)
+
+
+def test_latent_loss_and_sampler_scale_encode_and_decode_by_value():
+    """LatentDiffusion's two jobs written out: training runs the inner loss on s (mean + std n)
+    of q(z | x), sampling decodes D(z / s) of the inner sampler's latents. s = 2 here, so a
+    missing or inverted scale shows (the negative control: the loss on unscaled latents)."""
+    ae_config = ae_digits.get_config()
+    ae_config.model.update(ch=8, attention=False)
+    autoencoder = builders.build_method(ae_config)
+    config = digits_edm.get_config()
+    config.model.update(nf=8, ch_mult=(1,), attn_resolutions=())
+    inner = builders.METHODS["edm"](config, builders.build_model(config), autoencoder.noise_shape)
+    latent = LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="")
+    params = random_params(jax.eval_shape(latent.init_params, jax.random.key(0)))
+    ae_params = random_params(jax.eval_shape(autoencoder.init_params, jax.random.key(1)), seed=1)
+    aux = {"autoencoder": ae_params, "scale": np.float32(2.0)}
+    images = digits.load_digits_arrays("train")[0][:8]
+    batch = {"image": images, "label": np.zeros(8, np.int32)}
+    rng, noise = jax.random.key(2), np.random.default_rng(5).standard_normal((4, 4, 4, 2))
+    sampler = inner.sampler(num_steps=3)
+
+    @jax.jit
+    def run(params):
+        encode_rng, inner_rng = jax.random.split(rng)
+        q = autoencoder.encode(ae_params, images)
+        z = q.mean + q.std * jax.random.normal(encode_rng, q.mean.shape)
+        inner_loss = lambda zz: inner.loss(params, dict(batch, image=zz), inner_rng, {}, 0)[0]
+        z_inner, _ = inner.sample(params, jax.random.key(3), noise, aux={}, sampler=sampler)
+        sample, _ = latent.sample(params, jax.random.key(3), noise, aux=aux, sampler=sampler)
+        return (latent.loss(params, batch, rng, aux, 0)[0], inner_loss(2.0 * z), inner_loss(z),
+                sample, autoencoder.decode(ae_params, z_inner / 2.0))
+
+    loss, expected, unscaled, sample, decoded = run(params)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    assert abs(float(unscaled) - float(expected)) > 1e-2 * abs(float(expected))
+    np.testing.assert_allclose(sample, decoded, rtol=1e-5, atol=1e-6)

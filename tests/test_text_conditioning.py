@@ -185,6 +185,23 @@ def test_every_family_trains_on_captions(method_name, backbone):
     batch = {"image": jnp.zeros((4, 16, 16, 3)), "label": jnp.zeros((4, L), jnp.int32)}
     loss, _ = jax.eval_shape(method.loss, params, batch, jax.random.key(1))
     assert loss.shape == ()
+    if backbone is shapes_edm:  # by value, on one backbone: the caption reaches each loss
+        _check_the_caption_reaches_the_loss(method, params)
+
+
+def _check_the_caption_reaches_the_loss(method, abstract):
+    """The same images, noise and random weights: two different captions give two losses (the
+    caption reaches the network), and the same caption twice gives the bit-identical loss (the
+    difference is the caption's, not the randomness'). Small random weights predict little, so
+    the difference is small (1e-5 relative for DDPM's epsilon loss) but exact."""
+    params = random_params(abstract, scale=0.2)
+    images, tokens, _ = shapes.load_shapes("test")
+    x = jnp.asarray(images[:4])
+    loss = jax.jit(lambda p, c: method.loss(p, {"image": x, "label": c}, jax.random.key(1))[0])
+    first, again = float(loss(params, tokens[:4])), float(loss(params, tokens[:4]))
+    other = float(loss(params, tokens[4:8]))
+    assert first == again  # deterministic: so any difference below is the caption's
+    assert first != other, first  # an ignored caption gives bit-identical losses
 
 
 def test_a_text_conditional_ncsnpp_trains_through_the_edm_loss():
