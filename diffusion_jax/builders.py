@@ -238,7 +238,8 @@ def check_zero_terminal_snr(config) -> None:
 
 def build_ddpm(config, model, image_shape):
     """DDPM (Ho et al. 2020) around `model` on the schedule of `build_schedule`, with the
-    prediction target and loss weighting of `config.diffusion`."""
+    prediction target and loss weighting of `config.diffusion`; a `model.learn_sigma` network
+    (DiT) learns the variance too (improved DDPM's hybrid loss)."""
     d = config.diffusion
     choose("prediction target (diffusion.prediction)", d.prediction,
            parameterization.PREDICTION_TARGETS)
@@ -250,7 +251,8 @@ def build_ddpm(config, model, image_shape):
                 num_classes=num_classes(config), label_dropout=d.get("label_dropout", 0.0),
                 caption_length=caption_length(config),
                 num_levels=dataset_spec(config).num_levels,
-                loss_weighting=build_weighting(d, "diffusion"))
+                loss_weighting=build_weighting(d, "diffusion"),
+                learn_sigma=bool(config.model.get("learn_sigma", False)))
 
 
 def build_edm(config, model, image_shape):

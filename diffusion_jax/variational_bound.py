@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
 from diffusion_jax.processes import parameterization
-from diffusion_jax.processes.schedules import (DiscreteSchedule, marginal_coefficients,
+from diffusion_jax.processes.schedules import (DiscreteSchedule, clipped_posterior_log_variance,
+                                              learned_log_variance, marginal_coefficients,
                                               posterior_mean_coefficients, q_sample)
 from diffusion_jax.samplers.ddpm import ANCESTRAL_VARIANCES, EpsFn
 
@@ -64,42 +65,63 @@ def discretized_gaussian_log_likelihood(x, mean, log_var, num_levels: int = 256)
     return jnp.where(x < -1.0 + h, log_ndtr(hi), jnp.where(x > 1.0 - h, log_ndtr(-lo), interior))
 
 
-def _x0_hat(eps_fn: EpsFn, schedule: DiscreteSchedule, x0, i, noise, clip_x0: bool):
-    """x0_hat(x_t, t) at x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise, indices i (B,);
-    one evaluation of eps_fn(x_t, t). `clip_x0` clips it to [-1, 1], as the ancestral sampler's
-    option does."""
+def _prediction(eps_fn: EpsFn, schedule: DiscreteSchedule, x0, i, noise, clip_x0: bool,
+                variance: str):
+    """(x0_hat, log sigma_t^2 or None) at x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t)
+    noise, indices i (B,); one evaluation of eps_fn(x_t, t), whose second half of channels is the
+    variance output v for `variance` 'learned' (`schedules.learned_log_variance`). `clip_x0`
+    clips x0_hat to [-1, 1], as the ancestral sampler's option does."""
+    if variance not in ANCESTRAL_VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; valid: {ANCESTRAL_VARIANCES}")
     alpha, sigma = marginal_coefficients(schedule, i)
     x_t = q_sample(schedule, x0, i, noise)
-    x0_hat = parameterization.to_x0("epsilon", eps_fn(x_t, i.astype(jnp.float32)), x_t,
-                                    alpha, sigma)
-    return jnp.clip(x0_hat, -1.0, 1.0) if clip_x0 else x0_hat
+    eps, log_var = eps_fn(x_t, i.astype(jnp.float32)), None
+    if variance == "learned":
+        eps, v = jnp.split(eps, 2, axis=-1)
+        log_var = learned_log_variance(schedule, i, v)
+    x0_hat = parameterization.to_x0("epsilon", eps, x_t, alpha, sigma)
+    return (jnp.clip(x0_hat, -1.0, 1.0) if clip_x0 else x0_hat), log_var
+
+
+def term_nats(schedule: DiscreteSchedule, x0, x0_hat, i, log_var, num_levels: int = 256):
+    """The bound's term at indices i (B,) per example, in nats, for p_theta(x_{t-1} | x_t) of
+    mean mu_tilde_t(x_t, x0_hat) and log variance `log_var` (broadcast to x0): L_{t-1} where
+    i >= 1, L_0 where i = 0 (`decoder_nll`'s discretized Gaussian; mean x0_hat, as c0_1 = 1).
+
+    mu_tilde_t(x_t, x_0) is affine in x_0 with slope c0_t = sqrt(alpha_bar_{t-1}) beta_t /
+    (1 - alpha_bar_t) (Eq. 7), so the two means differ by c0_t (x_0 - x0_hat) and the KL is that
+    of the means c0_t x_0 and c0_t x0_hat (Eq. 8); q's log variance is
+    `clipped_posterior_log_variance`, as the improved-DDPM code's."""
+    c0 = _per_example(posterior_mean_coefficients(schedule, i)[0], x0)
+    log_var = jnp.broadcast_to(log_var, x0.shape)
+    true_log_var = _per_example(clipped_posterior_log_variance(schedule)[i], x0)
+    kl = _sum(normal_kl(c0 * x0, true_log_var, c0 * x0_hat, log_var))
+    nll = -_sum(discretized_gaussian_log_likelihood(x0, x0_hat, log_var, num_levels))
+    return jnp.where(i == 0, nll, kl)
 
 
 def kl_term(eps_fn: EpsFn, schedule: DiscreteSchedule, x0, i, noise, *, variance: str = "beta",
             clip_x0: bool = False) -> jax.Array:
-    """L_{t-1} per example at indices i = t - 1 >= 1 (B,), x_t from `noise` (Eq. 5).
-
-    mu_tilde_t(x_t, x_0) is affine in x_0 with slope c0_t = sqrt(alpha_bar_{t-1}) beta_t /
-    (1 - alpha_bar_t) (Eq. 7), so the two means differ by c0_t (x_0 - x0_hat) and the KL is that
-    of the means c0_t x_0 and c0_t x0_hat (Eq. 8)."""
-    if variance not in ANCESTRAL_VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; valid: {ANCESTRAL_VARIANCES}")
+    """L_{t-1} per example at indices i = t - 1 >= 1 (B,), x_t from `noise` (Eq. 5), sigma_t^2
+    = beta_t, beta-tilde_t or the network's (`_prediction`)."""
     s = schedule
-    x0_hat = _x0_hat(eps_fn, s, x0, i, noise, clip_x0)
-    sigma2 = s.betas if variance == "beta" else s.posterior_variance
-    c0 = _per_example(posterior_mean_coefficients(s, i)[0], x0)
-    return _sum(normal_kl(c0 * x0, _per_example(jnp.log(s.posterior_variance[i]), x0),
-                          c0 * x0_hat, _per_example(jnp.log(sigma2[i]), x0)))
+    x0_hat, log_var = _prediction(eps_fn, s, x0, i, noise, clip_x0, variance)
+    if log_var is None:
+        sigma2 = s.betas if variance == "beta" else s.posterior_variance
+        log_var = _per_example(jnp.log(sigma2[i]), x0)
+    return term_nats(s, x0, x0_hat, i, log_var)
 
 
 def decoder_nll(eps_fn: EpsFn, schedule: DiscreteSchedule, x0, noise, *, clip_x0: bool = False,
-                num_levels: int = 256) -> jax.Array:
+                num_levels: int = 256, variance: str = "beta") -> jax.Array:
     """L_0 = -log p_theta(x_0 | x_1) per example, x_1 from `noise`: the discretized Gaussian of
-    mean mu_tilde_1(x_1, x0_hat) = x0_hat (c0_1 = 1, no x_1 term) and variance beta_tilde_2."""
+    mean mu_tilde_1(x_1, x0_hat) = x0_hat (c0_1 = 1, no x_1 term) and variance beta_tilde_2, or
+    the network's for `variance` 'learned'."""
     i = jnp.zeros(x0.shape[:1], jnp.int32)
-    x0_hat = _x0_hat(eps_fn, schedule, x0, i, noise, clip_x0)
-    log_var = jnp.log(schedule.posterior_variance[1])
-    return -_sum(discretized_gaussian_log_likelihood(x0, x0_hat, log_var, num_levels))
+    x0_hat, log_var = _prediction(eps_fn, schedule, x0, i, noise, clip_x0, variance)
+    if log_var is None:
+        log_var = jnp.log(schedule.posterior_variance[1])
+    return term_nats(schedule, x0, x0_hat, i, log_var, num_levels)
 
 
 def vlb_terms(eps_fn: EpsFn, schedule: DiscreteSchedule, x0: jax.Array, rng: jax.Array, *,
@@ -109,7 +131,8 @@ def vlb_terms(eps_fn: EpsFn, schedule: DiscreteSchedule, x0: jax.Array, rng: jax
     def noise(i):
         return jax.random.normal(jax.random.fold_in(rng, i), x0.shape, x0.dtype)
 
-    L_0 = decoder_nll(eps_fn, schedule, x0, noise(0), clip_x0=clip_x0, num_levels=num_levels)
+    L_0 = decoder_nll(eps_fn, schedule, x0, noise(0), clip_x0=clip_x0, num_levels=num_levels,
+                      variance=variance)
     kl = jax.lax.map(lambda i: kl_term(eps_fn, schedule, x0, jnp.full(x0.shape[:1], i), noise(i),
                                        variance=variance, clip_x0=clip_x0),
                      jnp.arange(1, schedule.num_timesteps))
@@ -142,7 +165,8 @@ def vlb_bits_per_dim(eps_fn: EpsFn, schedule: DiscreteSchedule, x0: jax.Array, r
         kl = jax.lax.map(lambda k_i: kl_term(eps_fn, schedule, x0, k_i[1], noise(k_i[0] + 1),
                                              variance=variance, clip_x0=clip_x0),
                          (jnp.arange(timesteps), i))
-        L_0 = decoder_nll(eps_fn, schedule, x0, noise(0), clip_x0=clip_x0, num_levels=num_levels)
+        L_0 = decoder_nll(eps_fn, schedule, x0, noise(0), clip_x0=clip_x0, num_levels=num_levels,
+                          variance=variance)
         nats, nfe = L_0 + (T - 1) * jnp.mean(kl, axis=0), timesteps + 1
     num_dims = math.prod(x0.shape[1:])
     return (prior_kl(schedule, x0) + nats) / (num_dims * math.log(2.0)), nfe

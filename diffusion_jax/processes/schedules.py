@@ -58,6 +58,26 @@ def posterior_mean_coefficients(schedule: DiscreteSchedule, i):
             jnp.sqrt(s.alphas[i]) * (1.0 - s.alpha_bars_prev[i]) / (1.0 - s.alpha_bars[i]))
 
 
+def clipped_posterior_log_variance(schedule: DiscreteSchedule) -> jax.Array:
+    """(T,) log beta-tilde_t with the first entry (beta-tilde_1 = 0) replaced by beta-tilde_2's, as
+    the improved-DDPM code (Nichol & Dhariwal 2021; DiT) keeps it finite."""
+    pv = schedule.posterior_variance
+    return jnp.log(jnp.concatenate([pv[1:2], pv[1:]]))
+
+
+def learned_log_variance(schedule: DiscreteSchedule, i, v: jax.Array) -> jax.Array:
+    """log Sigma_theta(x_t, t) = frac log beta_t + (1 - frac) log beta-tilde_t, frac = (v + 1) / 2,
+    for the network's variance output v (Nichol & Dhariwal 2021, Eq. 15; the 'learned range' of
+    their code and DiT's, v in [-1, 1] spans [beta-tilde_t, beta_t]); i the index t - 1, (B,) or
+    a scalar, broadcast against v (B, ...)."""
+    i = jnp.asarray(i)
+    shape = i.shape + (1,) * (v.ndim - i.ndim)
+    max_log = jnp.log(schedule.betas)[i].reshape(shape)
+    min_log = clipped_posterior_log_variance(schedule)[i].reshape(shape)
+    frac = (v + 1.0) / 2.0
+    return frac * max_log + (1.0 - frac) * min_log
+
+
 def from_betas(betas) -> DiscreteSchedule:
     betas64 = np.asarray(betas, dtype=np.float64)
     alpha_bars = np.cumprod(1.0 - betas64)

@@ -12,10 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.processes.schedules import (DiscreteSchedule, from_betas,
-                                              posterior_mean_coefficients)
+                                              learned_log_variance, posterior_mean_coefficients)
+from diffusion_jax.samplers import grids
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
-ANCESTRAL_VARIANCES = ("beta", "beta_tilde")
+ANCESTRAL_VARIANCES = ("beta", "beta_tilde", "learned")
+FIXED_VARIANCES = ANCESTRAL_VARIANCES[:2]
+ANCESTRAL_SPACINGS = ("uniform",) + grids.SPACINGS
 DDIM_SPACINGS = ("uniform", "quadratic")
 TIME_SPACINGS = {"uniform": "time_uniform", "quadratic": "time_quadratic"}  # and DPM-Solver's
 
@@ -27,20 +30,34 @@ def respace(schedule: DiscreteSchedule, timesteps) -> DiscreteSchedule:
     return from_betas(1.0 - ab / np.concatenate([[1.0], ab[:-1]]))
 
 
+def ancestral_timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform"):
+    """The increasing timesteps of the respaced chain: `ddim_timesteps` for 'uniform', else the
+    `grids.spaced_timesteps` of `spacing` ('adm': the improved-DDPM / DiT respacing)."""
+    if spacing not in ANCESTRAL_SPACINGS:
+        raise ValueError(f"unknown ancestral spacing {spacing!r}; valid: {ANCESTRAL_SPACINGS}")
+    if spacing == "uniform":
+        return ddim_timesteps(num_timesteps, num_steps)
+    return grids.spaced_timesteps(num_timesteps, num_steps, spacing)[::-1].astype(np.int32)
+
+
 def ancestral_sample(eps_fn: EpsFn, schedule: DiscreteSchedule, rng: jax.Array, shape,
                      variance: str = "beta", clip_x0: bool = False, num_steps: int | None = None,
-                     x_init: jax.Array | None = None) -> jax.Array:
+                     x_init: jax.Array | None = None, spacing: str = "uniform") -> jax.Array:
     """x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) + sigma_t z.
 
-    sigma_t^2 = beta_t ("beta", the paper's choice for CIFAR-10) or the posterior variance
-    beta-tilde_t ("beta_tilde"); no noise is added at the last step. With `clip_x0` the mean is
-    the posterior mean q(x_{t-1} | x_t, x0) of the x0 prediction clipped to [-1, 1].
-    `num_steps` < T runs the respaced chain over `ddim_timesteps(T, num_steps)`.
+    sigma_t^2 = beta_t ("beta", the paper's choice for CIFAR-10), the posterior variance
+    beta-tilde_t ("beta_tilde"), or the network's ("learned": `eps_fn` returns the noise
+    prediction and the variance output v concatenated on the last axis, sigma_t^2 =
+    `learned_log_variance`'s, as improved DDPM and DiT sample); no noise is added at the last
+    step. With `clip_x0` the mean is the posterior mean q(x_{t-1} | x_t, x0) of the x0
+    prediction clipped to [-1, 1]. `num_steps` < T runs the respaced chain (`respace`) over
+    `ancestral_timesteps(T, num_steps, spacing)`, its beta, beta-tilde and learned range those of
+    the respaced chain (as DiT's SpacedDiffusion).
     """
     if variance not in ANCESTRAL_VARIANCES:
         raise ValueError(f"unknown ancestral variance {variance!r}; valid: {ANCESTRAL_VARIANCES}")
     if num_steps is not None and num_steps != schedule.num_timesteps:
-        taus = ddim_timesteps(schedule.num_timesteps, num_steps)
+        taus = ancestral_timesteps(schedule.num_timesteps, num_steps, spacing)
         taus_j = jnp.asarray(taus, jnp.float32)
         inner = eps_fn
         eps_fn = lambda x, i: inner(x, taus_j[i.astype(jnp.int32)])
@@ -48,6 +65,7 @@ def ancestral_sample(eps_fn: EpsFn, schedule: DiscreteSchedule, rng: jax.Array, 
     s = schedule
     num_t = s.num_timesteps
     sigmas = jnp.sqrt(s.betas if variance == "beta" else s.posterior_variance)
+    learned = variance == "learned"
     init_rng, loop_rng = jax.random.split(rng)
     x = jax.random.normal(init_rng, shape) if x_init is None else x_init
 
@@ -55,6 +73,11 @@ def ancestral_sample(eps_fn: EpsFn, schedule: DiscreteSchedule, rng: jax.Array, 
         i = num_t - 1 - k
         t = jnp.full((shape[0],), i, jnp.float32)
         eps = eps_fn(x, t)
+        if learned:
+            eps, v = jnp.split(eps, 2, axis=-1)
+            std = jnp.exp(0.5 * learned_log_variance(s, i, v))
+        else:
+            std = sigmas[i]
         if clip_x0:
             x0 = jnp.clip((x - jnp.sqrt(1 - s.alpha_bars[i]) * eps) / jnp.sqrt(s.alpha_bars[i]),
                           -1, 1)
@@ -63,7 +86,7 @@ def ancestral_sample(eps_fn: EpsFn, schedule: DiscreteSchedule, rng: jax.Array, 
         else:
             mean = (x - s.betas[i] / jnp.sqrt(1 - s.alpha_bars[i]) * eps) / jnp.sqrt(s.alphas[i])
         z = jax.random.normal(jax.random.fold_in(loop_rng, i), shape)
-        return mean + jnp.where(i > 0, sigmas[i], 0.0) * z
+        return mean + jnp.where(i > 0, std, 0.0) * z
 
     return jax.lax.fori_loop(0, num_t, step, x)
 

@@ -16,7 +16,7 @@ import numpy as np
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.processes.schedules import DiscreteSchedule
 
-SPACINGS = ("leading", "trailing")
+SPACINGS = ("leading", "trailing", "adm")
 FINALS = ("zero", "sigma_min", "none")
 
 
@@ -27,20 +27,35 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str,
     'leading': index_i = i floor(T / N) + steps_offset, i < N (Lin et al. 2024, Table 2; diffusers'
     DDIM, PNDM, Euler and LMS schedulers, whose Stable Diffusion configs set steps_offset = 1);
     'trailing': index_i = round(T - i T / N) - 1, which starts at the last timestep T - 1 (Table 2;
-    what zero terminal SNR needs). diffusers' multistep schedulers (DPM-Solver, UniPC, DEIS) space
-    'leading' over N + 1 points instead; pass their timesteps to `timestep_sigmas` to use them.
+    what zero terminal SNR needs); 'adm': the respacing of the improved-DDPM / ADM / DiT code
+    (`space_timesteps(T, "N")`), index_i = round(i (T - 1) / (N - 1)) accumulated in floats as
+    that code does, so it ends at T - 1 (DiT's 250 steps: 0, 4, 8, ..., 999). diffusers'
+    multistep schedulers (DPM-Solver, UniPC, DEIS) space 'leading' over N + 1 points instead;
+    pass their timesteps to `timestep_sigmas` to use them.
     """
     choose("timestep spacing", spacing, SPACINGS)
     if not 1 <= num_steps <= num_timesteps:
         raise ConfigError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
+    if steps_offset and spacing != "leading":
+        raise ConfigError("steps_offset applies to 'leading' spacing only")
     if spacing == "leading":
         timesteps = np.arange(num_steps)[::-1] * (num_timesteps // num_steps) + steps_offset
+    elif spacing == "adm":
+        timesteps = np.asarray(_adm_steps(num_timesteps, num_steps))[::-1]
     else:
-        if steps_offset:
-            raise ConfigError("steps_offset applies to 'leading' spacing only; 'trailing' starts "
-                              "at the last timestep")
         timesteps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
     return timesteps.astype(np.int64)
+
+
+def _adm_steps(num_timesteps: int, num_steps: int) -> list:
+    """The increasing timesteps of ADM's `space_timesteps` for one section of `num_steps`: the
+    index starts at 0 and grows by (T - 1) / (N - 1) in float64, each rounded half to even."""
+    stride = 1.0 if num_steps <= 1 else (num_timesteps - 1) / (num_steps - 1)
+    steps, index = [], 0.0
+    for _ in range(num_steps):
+        steps.append(round(index))
+        index += stride
+    return steps
 
 
 def _final(sigmas: np.ndarray, sigma_min: float, final: str) -> np.ndarray:
