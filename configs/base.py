@@ -48,11 +48,15 @@ def base_config() -> ml_collections.ConfigDict:
     # 'embeddings'); the model's attention blocks attend to the encoded caption.
     c.text = ml_collections.ConfigDict(dict(encoder="none", width=64, num_layers=2, num_heads=4,
                                             embeddings=""))
-    # Latent diffusion: with autoencoder_workdir (a run of configs/autoencoder/), the method
-    # trains and samples on that frozen autoencoder's latents; scale_examples training images
-    # set the latent scale; cache_dir: encode the training set once to an .npy there.
+    # Latent diffusion: with autoencoder_workdir (a run of configs/autoencoder/), or vae (a
+    # released VAE: sd-vae-ft-ema | sd-vae-ft-mse, its weights in vae_dir, a diffusers
+    # AutoencoderKL directory), the method trains and samples on that frozen autoencoder's
+    # latents; scale > 0 fixes the latent scale (default for a vae: its scaling_factor,
+    # 0.18215), else scale_examples training images set it; cache_dir: encode the training set
+    # once there (resumable, sharded over processes; --mode=encode_latents writes it ahead).
     c.latent = ml_collections.ConfigDict(dict(autoencoder_workdir="", cache_dir="",
-                                              scale_examples=512))
+                                              scale_examples=512, vae="", vae_dir="",
+                                              scale=0.0))
     c.edit = ml_collections.ConfigDict(dict(task="none", input="", mask="", strength=0.5))
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,

@@ -5,6 +5,7 @@ Configs are read here and in the launcher only; the modules below take plain arg
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import jax.numpy as jnp
@@ -467,11 +468,10 @@ def build_method(config):
         build_sampler(config, method)
         return method
     spec = dataset_spec(config)
-    latent = config.get("latent")
-    if latent is None or not latent.autoencoder_workdir or config.method == "autoencoder":
+    if not is_latent(config):
         method = METHODS[config.method](config, build_model(config), spec.image_shape)
     else:
-        method = build_latent(config, latent)
+        method = build_latent(config, config.latent)
     build_sampler(config, method)  # a one-line error now for a sampler the method cannot run
     return method
 
@@ -488,11 +488,22 @@ def build_sampler(config, method) -> sampler_lib.Sampler:
     return sampler
 
 
+def is_latent(config) -> bool:
+    """Whether `config.method` runs on an autoencoder's latents: a trained autoencoder run
+    (`latent.autoencoder_workdir`) or a released VAE (`latent.vae`)."""
+    latent = config.get("latent")
+    return (latent is not None and config.method != "autoencoder"
+            and bool(latent.autoencoder_workdir or latent.get("vae", "")))
+
+
 def build_latent(config, latent) -> LatentDiffusion:
     """`config.method` on the latents of the autoencoder trained in `latent.autoencoder_workdir`
-    (its network and data set are read from the config.json there)."""
+    (its network and data set are read from the config.json there), or of the released VAE
+    `latent.vae` (`build_released_vae_latent`)."""
     from diffusion_jax import workdir as workdir_io
 
+    if latent.get("vae", ""):
+        return build_released_vae_latent(config, latent)
     try:
         ae_config = workdir_io.read_config(latent.autoencoder_workdir)
     except ConfigError:
@@ -505,11 +516,36 @@ def build_latent(config, latent) -> LatentDiffusion:
     if ae_config.data.dataset != config.data.dataset:
         raise ConfigError(f"the autoencoder was trained on {ae_config.data.dataset!r}, this "
                           f"config uses {config.data.dataset!r}")
-    if latent.cache_dir and config.data.random_flip:
-        raise ConfigError("latent.cache_dir stores unflipped latents; set data.random_flip=False")
     autoencoder = build_autoencoder(ae_config, build_model(ae_config))
     inner = METHODS[config.method](config, build_model(config), autoencoder.noise_shape)
     return LatentDiffusion(inner=inner, autoencoder=autoencoder,
                            autoencoder_workdir=latent.autoencoder_workdir,
                            dataset=config.data.dataset, scale_examples=latent.scale_examples,
-                           cache_dir=latent.cache_dir)
+                           cache_dir=latent.cache_dir, fixed_scale=latent_scale(latent),
+                           cache_views=2 if config.data.random_flip else 1)
+
+
+def latent_scale(latent, default: float = 0.0) -> float:
+    """`latent.scale` (> 0: fixed; 0: `default`, where 0 is calibrated on training images)."""
+    scale = float(latent.get("scale", 0.0))
+    if scale < 0 or not math.isfinite(scale):
+        raise ConfigError(f"latent.scale must be a finite number >= 0 (0: calibrated), got "
+                          f"{scale}")
+    return scale or default
+
+
+def build_released_vae_latent(config, latent) -> LatentDiffusion:
+    """`config.method` on the latents of a released VAE (`importers.stable_diffusion.
+    released_vae`): the architecture of `latent.vae` (a name of `RELEASED_VAES`, or a VAE
+    directory), the weights of `latent.vae_dir` (restored when a run starts), the scale
+    `latent.scale` or else the VAE config's scaling factor (0.18215)."""
+    from diffusion_jax.importers import stable_diffusion as sd_importer
+
+    vae, scaling_factor = sd_importer.released_vae(latent.vae_dir or latent.vae)
+    autoencoder = Autoencoder(model=vae, image_shape=dataset_spec(config).image_shape)
+    inner = METHODS[config.method](config, build_model(config), autoencoder.noise_shape)
+    return LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="",
+                           dataset=config.data.dataset, scale_examples=latent.scale_examples,
+                           cache_dir=latent.cache_dir, vae_dir=latent.get("vae_dir", ""),
+                           fixed_scale=latent_scale(latent, scaling_factor),
+                           cache_views=2 if config.data.random_flip else 1)

@@ -1,4 +1,5 @@
-"""The launcher's modes: train, sample, eval, info. `launch.py` parses flags and calls `run`."""
+"""The launcher's modes: train, sample, eval, info, encode_latents. `launch.py` parses flags and
+calls `run`."""
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ from diffusion_jax.model_size import count_flops, count_params
 from diffusion_jax.training import loop
 from diffusion_jax.training.optim import trainable_labels
 
-MODES = ("train", "sample", "eval", "info")
+MODES = ("train", "sample", "eval", "info", "encode_latents")
 
 
 def training_settings(config) -> loop.Settings:
@@ -28,8 +29,15 @@ def training_settings(config) -> loop.Settings:
                          checkpoint_every=t.checkpoint_every, log_every=t.log_every, seed=t.seed,
                          ema_decay=t.ema_decay, max_checkpoints=t.max_checkpoints,
                          grad_accum_steps=t.grad_accum_steps, steps_per_call=t.steps_per_call,
-                         random_flip=config.data.random_flip, ema_warmup=t.ema_warmup,
+                         random_flip=config.data.random_flip and not _cached_latents(config),
+                         ema_warmup=t.ema_warmup,
                          ema_rampup_ratio=t.ema_rampup_ratio)
+
+
+def _cached_latents(config) -> bool:
+    """Training reads a latent cache, whose examples include the mirrored images' latents when
+    `data.random_flip` (so the loader flips nothing)."""
+    return builders.is_latent(config) and bool(config.latent.cache_dir)
 
 
 def run(config, workdir: str, mode: str, train_workdir: str | None = None, prompt: str = "",
@@ -73,6 +81,8 @@ def run(config, workdir: str, mode: str, train_workdir: str | None = None, promp
 
 
 def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sampler) -> int:
+    if mode == "encode_latents":
+        return encode_latents(config, mesh, method)
     if mode == "train":
         state, interrupted = train(config, workdir, mesh, method, sampler)
         if interrupted:
@@ -97,6 +107,19 @@ def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sample
                     caption_conditions(config, method, config.eval.num_samples))
 
 
+def encode_latents(config, mesh, method) -> int:
+    """Write the latent cache of the training set (`latent.cache_dir`, `data.cache`) ahead of
+    training, every process its shards; a rerun, or the training run, reuses the shards there."""
+    optimizer = builders.build_optimizer(config)
+    placeholders = loop.abstract_state(method, optimizer, mesh).aux
+    state = loop.initial_state(method, optimizer, config.training.seed, mesh,
+                               lambda: runs.resolve(method.requirements(), config, placeholders))
+    source, _ = runs.training_data(method, config)(state.aux)
+    if jax.process_index() == 0:
+        print(f"latent cache {method.latent_cache().path}: {len(source)} examples", flush=True)
+    return 0
+
+
 def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
     """Every check that needs nothing heavy, before any file is written: the work directory,
     the counts and rates of the config, the training data set and its size, the checkpoint a
@@ -116,7 +139,14 @@ def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
         raise ConfigError(f"optim.grad_clip must be finite and >= 0 and optim.warmup_steps >= 0, "
                           f"got {o.grad_clip} and {o.warmup_steps}")
     monitoring.check(config)
-    if mode == "train":
+    if mode == "encode_latents" and not _cached_latents(config):
+        raise ConfigError("--mode=encode_latents writes latent.cache_dir of a latent model: set "
+                          "latent.cache_dir and latent.vae (or latent.autoencoder_workdir)")
+    if mode in ("train", "encode_latents"):
+        if builders.is_latent(config) and config.latent.vae and not config.latent.vae_dir:
+            raise ConfigError(f"latent.vae={config.latent.vae!r} needs its weights: set "
+                              f"latent.vae_dir to a diffusers AutoencoderKL directory "
+                              f"(config.json and diffusion_pytorch_model.safetensors)")
         settings = training_settings(config)
         settings.check(mesh.devices.size)
         any_size = getattr(DATASETS.get(config.data.dataset), "any_size", False)

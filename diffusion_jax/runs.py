@@ -6,6 +6,7 @@ weights, a weights file, calibration images) and builds the training data a meth
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Callable, Optional
 
@@ -21,6 +22,7 @@ from diffusion_jax.data.datasets import first_images, open_dataset
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.base import PretrainedWeights, RunWeights, TrainingImages, WeightsFile
 from diffusion_jax.models import lora
+from diffusion_jax.progress import Progress
 from diffusion_jax.training import loop
 from diffusion_jax.training.checkpoint import Checkpointer
 from diffusion_jax.training.state import TrainState
@@ -236,8 +238,28 @@ def training_data(method, config):
     spec = method.latent_cache()
     if spec is None:
         return lambda aux: (source, decode)
-    return lambda aux: data_cache.cached_source(spec.path, lambda x: spec.encode(aux, x),
-                                                spec.example_shape, source, decode)
+
+    def cached(aux):
+        progress = Progress(len(source), f"encode {os.path.basename(spec.path)}", unit="image",
+                            enabled=jax.process_index() == 0)
+        try:
+            return data_cache.cached_source(
+                spec.path, lambda x: spec.encode(aux, x), spec.example_shape, source, decode,
+                views=spec.views, encoder=spec.encoder, process_index=jax.process_index(),
+                process_count=jax.process_count(), barrier=_barrier,
+                progress=lambda n: progress.update(n, line=True))
+        finally:
+            progress.close()
+
+    return cached
+
+
+def _barrier() -> None:
+    """Every process waits for all (the shards of a latent cache); nothing with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("latent cache")
 
 
 def _check_same_tree(what: str, source, expected) -> None:

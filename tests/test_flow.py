@@ -321,7 +321,9 @@ def test_the_sit_xl2_config_has_sits_parameter_count_and_settings():
     from configs.flow import imagenet256_sit_xl2
 
     config = imagenet256_sit_xl2.get_config()
-    method = builders.build_method(config)
+    latent = builders.build_method(config)  # on the 32x32x4 latents of the SD VAE
+    assert latent.noise_shape == (32, 32, 4) and latent.fixed_scale == 0.18215
+    method = latent.inner
     shapes = jax.eval_shape(method.init_params, jax.random.key(0))
     assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes)) == 674_834_720
     sampler = builders.build_sampler(config, method)

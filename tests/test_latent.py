@@ -61,8 +61,8 @@ def test_latent_edm_trains_on_cached_latents_and_samples_digits(autoencoder_run,
             f"--config.latent.cache_dir={cache}"]
     result = launch_one_device(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    moments = np.load(os.path.join(cache, "digits_train_latent_moments.npy"))
-    assert moments.shape == (1500, 4, 4, 4)
+    cached = data_cache.CachedSource(os.path.join(cache, "digits_train_latent_moments"))
+    assert len(cached) == 1500 and cached[0]["image"].shape == (4, 4, 4)
     samples = np.load(os.path.join(workdir, "samples", "step_20.npz"))["images"]
     assert samples.shape == (8, 8, 8, 1) and np.isfinite(samples).all()
     config, method, state = restore_run(workdir, parallel.make_mesh(jax.devices()[:1]))

@@ -216,7 +216,9 @@ def test_the_dit_xl2_config_is_dits_setting():
     from configs.flow import imagenet256_dit_xl2
 
     config = imagenet256_dit_xl2.get_config()
-    method = builders.build_method(config)
+    latent = builders.build_method(config)  # on the 32x32x4 latents of the SD VAE, flipped
+    assert latent.noise_shape == (32, 32, 4) and latent.cache_views == 2
+    method = latent.inner
     assert isinstance(method, DDPM) and method.learn_sigma and method.num_classes == 1000
     shapes = jax.eval_shape(method.init_params, jax.random.key(0))
     assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes)) == 674_834_720

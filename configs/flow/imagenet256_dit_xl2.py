@@ -14,10 +14,11 @@ steps as DiT's `space_timesteps(1000, "250")` (`sampling.spacing='adm'`), sigma_
 no x0 clipping, guidance 1.5 on channels 0-2 (`guidance_channels=3`; the variance output and
 channel 3 conditional, as DiT's `forward_with_cfg`).
 
-Latents: `data.dataset='imagenet256_latents'` (SD-VAE latents x 0.18215) gives the shapes and
-classes only; the ImageNet pre-encoding pipeline is not wired here (training stops with one
-line when it opens the data). A released DiT checkpoint's weights load with
-`importers.dit.from_state_dict`.
+Latents: ImageNet (TFDS `imagenet2012` in `data.data_dir`) centre-cropped to 256 as ADM does,
+flipped, encoded by the SD VAE (`latent.vae='sd-vae-ft-ema'`, weights in `latent.vae_dir`) as
+posterior samples x 0.18215; with `latent.cache_dir` the moments of each image and of its
+mirror image are encoded once (`--mode=encode_latents`). A released DiT checkpoint's weights
+load with `importers.dit.from_state_dict`.
 """
 import ml_collections
 
@@ -35,7 +36,8 @@ def get_config(arg=None):
         learn_sigma=True))
     config.diffusion.update(schedule="linear", num_timesteps=1000, beta_start=1e-4,
                             beta_end=0.02, prediction="epsilon", label_dropout=0.1)
-    config.data.update(dataset="imagenet256_latents", random_flip=True)
+    config.data.update(dataset="imagenet256", random_flip=True)
+    config.latent.update(vae="sd-vae-ft-ema", scale=0.18215)
     config.training.update(num_steps=7_000_000, batch_size=BATCH, checkpoint_every=50_000,
                            log_every=100, ema_decay=0.9999)
     config.optim.update(name="adamw", lr=1e-4, warmup_steps=0, grad_clip=0.0, beta1=0.9,

@@ -12,11 +12,13 @@ SiT's SDE, Euler-Maruyama with w_t = sigma_t (its CLI default), 250 points (249 
 'mean' last step of size 0.04: 250 NFE), guidance 1.5 on all four channels
 (`--config.sampling.guidance_channels=3` is DiT's 3-of-4 setting).
 
-Latents: `data.dataset='imagenet256_latents'` gives the shapes and classes only. The latents
-are ImageNet train images centre-cropped to 256, encoded with the SD VAE (`sd-vae-ft-ema`,
-diffusers `AutoencoderKL`: `models.vae`) as posterior samples times 0.18215, and decoded by
-the same VAE after sampling; that pipeline is not wired here (training stops with one line
-when it opens the data). `--mode=info` prints the parameter count.
+Latents: ImageNet train images (TFDS `imagenet2012`, prepared by the user in `data.data_dir`)
+centre-cropped to 256 as ADM does (`data.datasets.adm_crop`), encoded by the SD VAE
+(`latent.vae='sd-vae-ft-ema'`, its diffusers directory in `latent.vae_dir`) as posterior
+samples times 0.18215, and decoded by the same VAE after sampling. With `latent.cache_dir` the
+posterior moments of every image are encoded once (`--mode=encode_latents`, resumable and
+sharded over processes), as the papers train on precomputed latents. `--mode=info` prints the
+parameter count (no weights needed).
 """
 import ml_collections
 
@@ -36,7 +38,8 @@ def get_config(arg=None):
         learn_sigma=True))
     config.flow = ml_collections.ConfigDict(dict(cifar10_rectified_flow.flow_defaults(),
                                                  label_dropout=0.1))
-    config.data.update(dataset="imagenet256_latents", random_flip=False)
+    config.data.update(dataset="imagenet256", random_flip=False)
+    config.latent.update(vae="sd-vae-ft-ema", scale=0.18215)
     config.training.update(num_steps=7_000_000, batch_size=BATCH, checkpoint_every=50_000,
                            log_every=100, ema_decay=0.9999)
     config.optim.update(name="adamw", lr=1e-4, warmup_steps=0, grad_clip=0.0, beta1=0.9,

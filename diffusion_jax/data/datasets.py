@@ -28,6 +28,7 @@ class DatasetSpec:
     crop: Optional[int] = None  # centre crop before resizing (CelebA: 140)
     caption_length: int = 0  # > 0: labels are caption tokens of this length
     any_size: bool = False  # images of any size, resized to the caller's (image_shape (0, 0, C))
+    adm_crop: bool = False  # images of any size, ADM's centre crop to image_shape (`adm_crop`)
 
 
 DATASETS = {
@@ -38,11 +39,11 @@ DATASETS = {
     "cifar10": DatasetSpec((32, 32, 3), 10, 256, "cifar10"),
     "celeb_a": DatasetSpec((64, 64, 3), 0, 256, "celeb_a", crop=140),
     "folder": DatasetSpec((0, 0, 3), 0, 256, caption_length=128, any_size=True),
-    # ImageNet 256 as SD-VAE latents x 0.18215 (DiT, SiT): shapes and classes only until the
-    # latent pipeline is wired; opening it is a DataError
-    "imagenet256_latents": DatasetSpec((32, 32, 4), 1000, 256),
+    # ImageNet (TFDS imagenet2012, a manual download) centre-cropped as ADM / DiT / SiT /
+    # MeanFlow / EDM2 prepare it; latent models encode it once (`latent.cache_dir`)
+    "imagenet256": DatasetSpec((256, 256, 3), 1000, 256, "imagenet2012", adm_crop=True),
+    "imagenet512": DatasetSpec((512, 512, 3), 1000, 256, "imagenet2012", adm_crop=True),
 }
-LATENT_PLACEHOLDERS = ("imagenet256_latents",)
 
 
 class ArraySource:
@@ -58,8 +59,28 @@ class ArraySource:
         return {"image": self.images[index], "label": self.labels[index]}
 
 
+def adm_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """ADM's `center_crop_arr` (Dhariwal & Nichol 2021; DiT's and SiT's `train.py`): halve the
+    image with a box filter while its short side is >= 2 size, resize it bicubically so the
+    short side is `size` (each side rounded), then take the centre size x size crop."""
+    from PIL import Image
+
+    pil = Image.fromarray(image)
+    while min(*pil.size) >= 2 * size:
+        pil = pil.resize(tuple(x // 2 for x in pil.size), resample=Image.BOX)
+    scale = size / min(*pil.size)
+    pil = pil.resize(tuple(round(x * scale) for x in pil.size), resample=Image.BICUBIC)
+    out = np.asarray(pil)
+    top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
+    return out[top:top + size, left:left + size]
+
+
 def _uint8_to_unit(image: np.ndarray, spec: DatasetSpec) -> np.ndarray:
     image = np.asarray(image)
+    if spec.adm_crop:
+        image = adm_crop(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image,
+                         spec.image_shape[0])
+        image = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
     if image.ndim == 2:
         image = image[..., None]
     if spec.crop is not None:
@@ -94,9 +115,6 @@ def open_dataset(name: str, split: str, *, data_dir: Optional[str] = None,
             and tuple(image_shape) != tuple(spec.image_shape)):
         raise DataError(f"data set {name!r} has images of shape {tuple(spec.image_shape)}, not "
                         f"the {tuple(image_shape)} asked for")
-    if name in LATENT_PLACEHOLDERS:
-        raise DataError(f"data set {name!r} (VAE latents) is not wired yet: it sets the shapes "
-                        f"for --mode=info; train on a latent cache once the pipeline exists")
     if name == "shapes":
         images, tokens, texts = shapes.load_shapes(split)
         if tokenize is not None:

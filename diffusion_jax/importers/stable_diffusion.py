@@ -518,15 +518,56 @@ COMPONENT_PARAMS = {"unet": (unet_params, unet_config),
                     "vae": (vae_params, vae_config)}
 
 
+RELEASED_VAES = ("sd-vae-ft-ema", "sd-vae-ft-mse")
+"""The released VAEs latent DiT / SiT / MeanFlow / EDM2 models use: fine-tuned decoders of SD
+1.x's autoencoder, with its architecture (`RELEASED['sd15']['vae']`)."""
+
+
+def _is_component_dir(path: str) -> bool:
+    """A directory holding one network in diffusers' layout (config.json + weights), such as
+    stabilityai/sd-vae-ft-ema, rather than a whole pipeline."""
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def vae_directory_config(path: str) -> dict:
+    """The diffusers `AutoencoderKL` config.json of `path`: a VAE directory (sd-vae-ft-ema:
+    config.json and diffusion_pytorch_model.safetensors) or a model directory's `vae/`."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"VAE directory {path!r} does not exist")
+    config = read_json(os.path.join(path, "config.json") if _is_component_dir(path)
+                       else os.path.join(path, "vae", "config.json"))
+    if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+        raise ConfigError(f"{path!r} holds a {config['_class_name']}, not an AutoencoderKL")
+    return config
+
+
+def released_vae(name: str) -> tuple[AutoencoderKL, float]:
+    """(network, scaling factor) of a released VAE by name (`RELEASED_VAES`), or of the VAE
+    directory `name`."""
+    if name in RELEASED_VAES:
+        config = RELEASED["sd15"]["vae"]
+    elif os.path.isdir(name):
+        config = vae_directory_config(name)
+    else:
+        raise ConfigError(f"unknown VAE {name!r}; valid: a VAE directory or "
+                          f"{', '.join(RELEASED_VAES)}")
+    return AutoencoderKL(**vae_config(config)), float(config.get("scaling_factor", 0.18215))
+
+
 def load_component(source: str, component: str, base: str = "", variant: str = "") -> dict:
     """The parameters of one network ('unet', 'text_encoder' or 'vae') of `source`: a diffusers
-    model directory (only that network's files are read; `variant` e.g. 'fp16'), or a
-    single-file checkpoint (.safetensors or a torch file such as .ckpt) with the configs of
-    `base` (`source_configs`)."""
+    model directory (only that network's files are read; `variant` e.g. 'fp16'), a VAE
+    directory (`vae_directory_config`), or a single-file checkpoint (.safetensors or a torch
+    file such as .ckpt) with the configs of `base` (`source_configs`)."""
     if component not in COMPONENT_PARAMS:
         raise ConfigError(f"unknown Stable Diffusion component {component!r}; valid: "
                           f"{', '.join(COMPONENT_PARAMS)}")
     to_params, to_kwargs = COMPONENT_PARAMS[component]
+    if component == "vae" and os.path.isdir(source) and _is_component_dir(source):
+        file = f"{WEIGHT_FILES['vae']}.{variant}.safetensors" if variant else \
+            f"{WEIGHT_FILES['vae']}.safetensors"
+        return to_params(read_safetensors(os.path.join(source, file)),
+                         to_kwargs(vae_directory_config(source)))
     configs = source_configs(source, base)
     if os.path.isdir(source):
         stem = WEIGHT_FILES[component]

@@ -65,12 +65,16 @@ class PretrainedWeights:
 
 @dataclasses.dataclass(frozen=True)
 class LatentCache:
-    """The training set passed through `encode(aux, images) -> examples` once and kept as an .npy
-    file at `path` (e.g. the posterior moments of latent diffusion); the loop then reads it."""
+    """The training set passed through `encode(aux, images) -> examples` once and kept in the
+    directory `path` (`data.cache`; e.g. the posterior moments of latent diffusion); the loop
+    then reads it. `views` 2: each image also mirrored (the training flips); `encoder` names
+    what encoded it (a different one is an error, not a silent reuse)."""
 
     path: str
     encode: Callable
     example_shape: tuple
+    views: int = 1
+    encoder: str = ""
 
 
 class Method(Protocol):

@@ -1,14 +1,17 @@
 """Latent diffusion (Rombach et al. 2022): any diffusion method trained and sampled in the
 latent space of a frozen KL autoencoder (`methods.autoencoder`).
 
-The method's aux state (kept in the train state and its checkpoints) holds the autoencoder's EMA
-parameters, restored by the launcher layer from the newest checkpoint of the autoencoder's own
-run (`requirements()`), and the latent scale factor s = 1 / std of encoder latents over
+The method's aux state (kept in the train state and its checkpoints) holds the autoencoder's
+parameters, restored by the launcher layer (`requirements()`) from the newest checkpoint of the
+autoencoder's own run (its EMA), or with `vae_dir` from a released VAE (diffusers
+`AutoencoderKL`: sd-vae-ft-ema / -mse, as DiT, SiT and MeanFlow use), and the latent scale
+factor s: `fixed_scale` (0.18215 for the SD VAEs), else 1 / std of encoder latents over
 `scale_examples` training images (LDM Sec. 4.3.2 and App. G: unit-variance latents, so the
 inner method's sigma_data and noise levels fit), plus the inner method's aux if it has one.
 Training encodes each batch, z = s (mean + std n) of q(z | x) under stop-gradient, and calls
 the inner loss on z; with a latent cache (`latent_cache()`) the posterior moments of the whole
-training set are encoded once to an .npy file and batches are drawn from it. Sampling runs the
+training set are encoded once (`data.cache`: resumable, sharded over processes; with
+`cache_views` 2 each image also mirrored, the papers' flips) and batches are drawn from it. Sampling runs the
 inner sampler on latent-shaped noise (`noise_shape`) and decodes D(z / s).
 """
 from __future__ import annotations
@@ -23,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.methods.base import LatentCache, Method, RunWeights, TrainingImages
+from diffusion_jax.methods.base import (LatentCache, Method, PretrainedWeights, RunWeights,
+                                        TrainingImages)
 from diffusion_jax.models.autoencoder import DiagonalGaussian
 from diffusion_jax.samplers.sampler import Sampler
 
@@ -36,6 +40,9 @@ class LatentDiffusion(Method):
     dataset: str = "digits"
     scale_examples: int = 512
     cache_dir: str = ""
+    vae_dir: str = ""  # a released VAE directory: the autoencoder's weights come from there
+    fixed_scale: float = 0.0  # > 0: the latent scale s, not calibrated
+    cache_views: int = 1  # 2: the cache also holds the mirrored images' latents
 
     @property
     def image_shape(self) -> tuple:
@@ -79,30 +86,34 @@ class LatentDiffusion(Method):
 
     # -- aux state: the frozen autoencoder and the latent scale --------------------------------
     def requirements(self) -> dict:
-        """The autoencoder run's EMA weights, `scale_examples` training images for the latent
-        scale, and the inner method's requirements."""
-        needs = {"autoencoder": RunWeights(self.autoencoder_workdir),
-                 "calibration": TrainingImages(self.scale_examples)}
+        """The autoencoder run's EMA weights (or the released VAE of `vae_dir`), unless the scale
+        is fixed `scale_examples` training images for it, and the inner method's
+        requirements."""
+        needs = {"autoencoder": (PretrainedWeights(self.vae_dir, "vae") if self.vae_dir
+                                 else RunWeights(self.autoencoder_workdir))}
+        if not self.fixed_scale:
+            needs["calibration"] = TrainingImages(self.scale_examples)
         inner = self.inner.requirements()
         return {**needs, "inner": inner} if inner else needs
 
     def init_aux(self, params, rng):
         ae_rng, inner_rng = jax.random.split(rng)
         aux = {"autoencoder": self.autoencoder.init_params(ae_rng),
-               "scale": jnp.ones((), jnp.float32)}
+               "scale": jnp.asarray(self.fixed_scale or 1.0, jnp.float32)}
         inner = self.inner.init_aux(params, inner_rng)
         return {**aux, "inner": inner} if inner else aux
 
     def start(self, params, aux, resources):
-        """The restored autoencoder weights, the latent scale of the calibration images, and the
-        inner method's start."""
+        """The restored autoencoder weights, the latent scale of the calibration images (unless
+        fixed), and the inner method's start."""
         ae_params = resources["autoencoder"]
         if jax.tree.structure(ae_params) != jax.tree.structure(aux["autoencoder"]):
-            raise ConfigError(f"the autoencoder in {self.autoencoder_workdir!r} does not match "
-                              f"its config.json")
-        aux = dict(aux, autoencoder=ae_params,
-                   scale=jnp.asarray(self.latent_scale(ae_params, resources["calibration"]),
-                                     jnp.float32))
+            raise ConfigError(f"the autoencoder in {self.vae_dir or self.autoencoder_workdir!r} "
+                              f"does not match its config.json")
+        aux = dict(aux, autoencoder=ae_params)
+        if not self.fixed_scale:
+            aux["scale"] = jnp.asarray(self.latent_scale(ae_params, resources["calibration"]),
+                                       jnp.float32)
         if "inner" in aux:
             params, inner = self.inner.start(params, aux["inner"], resources.get("inner", {}))
             aux["inner"] = inner
@@ -144,13 +155,20 @@ class LatentDiffusion(Method):
 
     def latent_cache(self) -> Optional[LatentCache]:
         """With `cache_dir`: the posterior moments (mean, log variance) of every training image
-        in `cache_dir/<dataset>_train_latent_moments.npy`, from which `loss` draws z."""
+        (and of its mirror image with `cache_views` 2) in
+        `cache_dir/<dataset>_train_latent_moments/`, from which `loss` draws z."""
         if not self.cache_dir:
             return None
-        return LatentCache(os.path.join(self.cache_dir,
-                                        f"{self.dataset}_train_latent_moments.npy"),
+        return LatentCache(os.path.join(self.cache_dir, f"{self.dataset}_train_latent_moments"),
                            lambda aux, images: self.encode_moments(aux["autoencoder"], images),
-                           self.moments_shape)
+                           self.moments_shape, views=self.cache_views,
+                           encoder=self.encoder_name)
+
+    @property
+    def encoder_name(self) -> str:
+        """The absolute path of the VAE directory or autoencoder run that encodes the cache."""
+        source = self.vae_dir or self.autoencoder_workdir
+        return os.path.abspath(source) if source else ""
 
     @property
     def moments_shape(self) -> tuple:
