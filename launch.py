@@ -86,8 +86,10 @@ def define_flags(argv):
                                         lock_config=True)
     except Exception as e:  # a value that does not parse for its key's type
         fail(str(e).strip().splitlines()[-1])
-    flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "info", "encode_latents"],
-                      "what to run (encode_latents: write latent.cache_dir ahead of training)")
+    flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "info", "encode_latents",
+                                         "reflow_pairs"],
+                      "what to run (encode_latents: write latent.cache_dir ahead of training; "
+                      "reflow_pairs: a flow run's (sample, noise) pairs in flow.coupling_dir)")
     flags.DEFINE_string("prompt", "", "sample mode, text-conditional model: the caption to draw")
     flags.DEFINE_string("negative_prompt", "", "sample mode: the caption to guide away from")
 

@@ -330,11 +330,16 @@ def build_flow(config, model, image_shape):
     path = (interpolants.Linear(f.sigma_min) if f.interpolant == "linear"
             else interpolants.PATHS[f.interpolant]())
     check_guidance(config)
+    coupled = bool(f.get("coupling_dir", ""))
+    if coupled and config.data.random_flip:
+        raise ConfigError("flow.coupling_dir trains on fixed reflow pairs, which a flip would "
+                          "break: set data.random_flip=False")
     return Flow(model=model, image_shape=image_shape, path=path, prediction=f.prediction,
                 t_distribution=f.t_distribution, logit_mean=f.logit_mean,
                 logit_std=f.logit_std, loss_weighting=f.loss_weighting, train_eps=f.train_eps,
                 time_scale=f.time_scale, num_classes=num_classes(config),
-                label_dropout=f.label_dropout, caption_length=caption_length(config))
+                label_dropout=f.label_dropout, caption_length=caption_length(config),
+                coupled=coupled)
 
 
 def build_autoencoder(config, model, image_shape=None):

@@ -1,5 +1,5 @@
-"""The launcher's modes: train, sample, eval, info, encode_latents. `launch.py` parses flags and
-calls `run`."""
+"""The launcher's modes: train, sample, eval, info, encode_latents, reflow_pairs. `launch.py`
+parses flags and calls `run`."""
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +19,7 @@ from diffusion_jax.model_size import count_flops, count_params
 from diffusion_jax.training import loop
 from diffusion_jax.training.optim import trainable_labels
 
-MODES = ("train", "sample", "eval", "info", "encode_latents")
+MODES = ("train", "sample", "eval", "info", "encode_latents", "reflow_pairs")
 
 
 def training_settings(config) -> loop.Settings:
@@ -95,6 +95,8 @@ def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sample
         return 0
     method, state = runs.restore_or_pretrained(config, train_workdir or workdir, mesh)
     state = runs.sampling_state(config, state)
+    if mode == "reflow_pairs":
+        return _reflow_pairs(config, mesh, method, sampler, state)
     if mode == "sample":
         if config.edit.task != "none":
             return _edit(config, workdir, mesh, method, sampler, state, prompt)
@@ -142,6 +144,10 @@ def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
     if mode == "encode_latents" and not _cached_latents(config):
         raise ConfigError("--mode=encode_latents writes latent.cache_dir of a latent model: set "
                           "latent.cache_dir and latent.vae (or latent.autoencoder_workdir)")
+    if mode == "reflow_pairs" and not (config.method == "flow" and config.get("reflow")
+                                       and config.flow.get("coupling_dir")):
+        raise ConfigError("--mode=reflow_pairs writes flow.coupling_dir from a flow run "
+                          "(--train_workdir): set flow.coupling_dir (and reflow.num_pairs)")
     if mode in ("train", "encode_latents"):
         if builders.is_latent(config) and config.latent.vae and not config.latent.vae_dir:
             raise ConfigError(f"latent.vae={config.latent.vae!r} needs its weights: set "
@@ -225,6 +231,26 @@ def _sample(config, workdir, mesh, method, sampler, state, prompt: str = "", *,
                                     [method.detokenize(c) for c in conditions],
                                     png_dir=s.save_pngs)
         print(f"wrote {len(images)} samples to {png}", flush=True)
+    return 0
+
+
+def _reflow_pairs(config, mesh, method, sampler, state) -> int:
+    """`reflow.num_pairs` (sample, noise) pairs of the restored flow's sampler in
+    `flow.coupling_dir` (`diffusion_jax.reflow`), resuming a killed pass shard by shard."""
+    from diffusion_jax import reflow
+    from diffusion_jax.progress import Progress
+
+    r, s = config.reflow, config.sampling
+    progress = Progress(r.num_pairs, "reflow pairs", "pair", jax.process_index() == 0)
+    try:
+        reflow.write_pairs(config.flow.coupling_dir, method,
+                           state.ema_params if s.use_ema else state.params, state.aux, mesh,
+                           sampler, num_pairs=r.num_pairs, seed=r.seed,
+                           batch_size=_fit_batch(s.batch_size, mesh), shard_size=r.shard_size,
+                           progress=lambda n: progress.update(n, line=True))
+    finally:
+        progress.close()
+    print(f"reflow pairs in {config.flow.coupling_dir}: {r.num_pairs}", flush=True)
     return 0
 
 

@@ -235,6 +235,9 @@ def training_data(method, config):
                                      download=config.data.download,
                                      image_shape=method.image_shape,
                                      tokenize=method.tokenize if method.caption_length else None)
+    coupling = config.flow.get("coupling_dir", "") if config.method == "flow" else ""
+    if coupling:
+        return lambda aux: _coupling(coupling, method)
     spec = method.latent_cache()
     if spec is None:
         return lambda aux: (source, decode)
@@ -252,6 +255,17 @@ def training_data(method, config):
             progress.close()
 
     return cached
+
+
+def _coupling(path: str, method) -> tuple:
+    """(source, decode) of the reflow pairs in `path` (`diffusion_jax.reflow`), checked against
+    the flow's images: [x, eps] on 2 C channels."""
+    pairs = data_cache.CachedSource(path)
+    h, w, c = method.image_shape
+    if tuple(pairs.manifest["example_shape"]) != (h, w, 2 * c):
+        raise ConfigError(f"the reflow pairs in {path} are {pairs.manifest['example_shape']}, "
+                          f"not the [x, eps] pairs {[h, w, 2 * c]} of this model's images")
+    return pairs, lambda ex: (np.asarray(ex["image"]), ex["label"])
 
 
 def _barrier() -> None:

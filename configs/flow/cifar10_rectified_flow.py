@@ -21,10 +21,18 @@ def flow_defaults(interpolant: str = "linear", prediction: str = "velocity") -> 
     prediction (velocity | noise | score), t_distribution (uniform on [train_eps,
     1 - train_eps] | logit_normal with logit_mean, logit_std | skewed), SiT's loss_weighting of
     the noise and score losses (none | velocity | likelihood), the network's time input
-    time_scale t, classifier-free guidance training's label_dropout."""
+    time_scale t, classifier-free guidance training's label_dropout; coupling_dir: reflow pairs
+    to train on (`diffusion_jax.reflow`: written there by --mode=reflow_pairs from a trained
+    flow, read by --mode=train)."""
     return dict(interpolant=interpolant, sigma_min=0.0, prediction=prediction,
                 t_distribution="uniform", logit_mean=0.0, logit_std=1.0, loss_weighting="none",
-                train_eps=0.0, time_scale=1.0, label_dropout=0.0)
+                train_eps=0.0, time_scale=1.0, label_dropout=0.0, coupling_dir="")
+
+
+def reflow_defaults() -> dict:
+    """--mode=reflow_pairs (`diffusion_jax.reflow.write_pairs`): how many (sample, noise) pairs,
+    the seed of their noise, the pairs per resumable shard."""
+    return dict(num_pairs=50_000, seed=0, shard_size=4096)
 
 
 def flow_sampling_defaults() -> dict:
@@ -42,6 +50,7 @@ def get_config(arg=None):
     config.model.update(name="ncsnpp", **dict(ncsnpp.ddpmpp_cifar10_kwargs(), dropout=0.15))
     config.flow = ml_collections.ConfigDict(dict(flow_defaults(), train_eps=1e-3,
                                                  time_scale=999.0))
+    config.reflow = ml_collections.ConfigDict(reflow_defaults())
     config.data.update(dataset="cifar10", random_flip=True)
     config.training.update(num_steps=1_300_000, batch_size=128, checkpoint_every=10_000,
                            log_every=100, ema_decay=0.999999)

@@ -11,7 +11,9 @@ prediction is an exact affine function of (x_t, E[x0 | x_t]), so `denoiser_model
 network as EDM's D(x, sigma) (`interpolants.denoiser`) and every shared solver, guidance and
 the editing tasks run on it; the flow-native samplers (`samplers.flow`) run on the velocity.
 Guidance combines the raw predictions (the same combination as on D: each is affine in x0 with
-coefficients of t alone).
+coefficients of t alone). Reflow (Liu et al. 2023, Alg. 1; `diffusion_jax.reflow`): a `coupled`
+model trains on fixed pairs (x, eps) of a flow's ODE, each batch image the pair concatenated on
+the channel axis, instead of drawing eps independently of x.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class Flow(NetworkMethod):
     num_classes: int = 0
     label_dropout: float = 0.0
     caption_length: int = 0
+    coupled: bool = False  # batches are reflow pairs [x, eps] (channels 2 C)
 
     has_denoiser: ClassVar[bool] = True
     default_sampler: ClassVar[Sampler] = Sampler(method="flow_heun", num_steps=32, rtol=1e-3,
@@ -94,11 +97,15 @@ class Flow(NetworkMethod):
         return weight * jnp.mean(error**2, axes)
 
     def loss(self, params, batch: dict, rng: jax.Array, aux=None, step=None):
-        """Batch mean of `per_example_loss` with t from `sample_t` and eps ~ N(0, I)."""
+        """Batch mean of `per_example_loss` with t from `sample_t` and eps ~ N(0, I), or with
+        `coupled` the eps paired with each x (the batch image [x, eps])."""
         t_rng, eps_rng, dropout_rng, label_rng = jax.random.split(rng, 4)
         x = batch["image"]
+        if self.coupled:
+            x, eps = jnp.split(x, 2, axis=-1)
+        else:
+            eps = jax.random.normal(eps_rng, x.shape, x.dtype)
         t = self.sample_t(t_rng, x.shape[0])
-        eps = jax.random.normal(eps_rng, x.shape, x.dtype)
         cond = train_condition(self, batch, label_rng)
         per_example = self.per_example_loss(self.network(params, train=True, rng=dropout_rng),
                                             x, t, eps, cond)
