@@ -283,10 +283,8 @@ def test_the_loss_runs_on_a_batch_and_trains_the_network():
     """loss(params, batch, rng): a finite scalar below 1 (p = 1 normalises each example) with
     finite gradients on every parameter, and metrics mse, v_loss."""
     model = DiT(**TINY)
-    method = MeanFlow(model=model, image_shape=(4, 4, 2), omega=0.5, kappa=0.2,
-                      num_classes=3, label_dropout=0.1)
-    params = method.init_params(jax.random.key(0))
-    params = random_params(jax.eval_shape(lambda: params), scale=0.2)
+    method = MeanFlow(model=model, image_shape=(4, 4, 2), num_classes=3, label_dropout=0.1)
+    params = random_params(jax.eval_shape(method.init_params, jax.random.key(0)), scale=0.2)
     batch = {"image": jnp.ones((8, 4, 4, 2)), "label": jnp.arange(8) % 3}
     (value, metrics), grads = jax.jit(jax.value_and_grad(
         lambda p: method.loss(p, batch, jax.random.key(1)), has_aux=True))(params)
