@@ -21,6 +21,7 @@ from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM
 from diffusion_jax.methods.flow import PREDICTIONS as FLOW_PREDICTIONS, Flow
 from diffusion_jax.methods.latent import LatentDiffusion
+from diffusion_jax.methods.meanflow import TIME_INPUTS as MEANFLOW_TIME_INPUTS, MeanFlow
 from diffusion_jax.methods.stable_diffusion import StableDiffusion
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.clip_text import CLIPTextEncoder
@@ -342,6 +343,36 @@ def build_flow(config, model, image_shape):
                 coupled=coupled)
 
 
+def build_meanflow(config, model, image_shape):
+    """MeanFlow (`methods.meanflow`) around `model`, a DiT with `h_embedding=True`: the (t, r)
+    sampler `meanflow.P_mean`, `P_std`, `data_proportion`; training-time guidance `omega`,
+    `kappa` on [`t_start`, `t_end`] (class-conditional models); the adaptive weight `norm_p`,
+    `norm_eps`; `label_dropout`; the network's `time_inputs` and `time_scale`."""
+    m = config.meanflow
+    choose("MeanFlow time inputs (meanflow.time_inputs)", m.time_inputs, MEANFLOW_TIME_INPUTS)
+    if config.model.name != "dit" or not config.model.get("h_embedding", False):
+        raise ConfigError("method 'meanflow' needs model.name='dit' with model.h_embedding=True "
+                          "(the second time input h = t - r)")
+    if caption_length(config):
+        raise ConfigError("method 'meanflow' is class-conditional or unconditional; set "
+                          "text.encoder='none'")
+    if not (0.0 <= m.data_proportion <= 1.0 and 0.0 <= m.label_dropout < 1.0
+            and 0.0 <= m.t_start <= m.t_end <= 1.0 and m.norm_eps > 0.0 and m.kappa < 1.0):
+        raise ConfigError(f"meanflow: need data_proportion in [0, 1], label_dropout in [0, 1), "
+                          f"0 <= t_start <= t_end <= 1, norm_eps > 0 and kappa < 1; got "
+                          f"{m.data_proportion}, {m.label_dropout}, [{m.t_start}, {m.t_end}], "
+                          f"{m.norm_eps}, {m.kappa}")
+    if (m.omega != 1.0 or m.kappa != 0.0 or m.label_dropout) and not num_classes(config):
+        raise ConfigError("meanflow.omega, meanflow.kappa and meanflow.label_dropout guide a "
+                          "class-conditional model: set model.class_conditional=True")
+    check_guidance(config)
+    return MeanFlow(model=model, image_shape=image_shape, P_mean=m.P_mean, P_std=m.P_std,
+                    data_proportion=m.data_proportion, omega=m.omega, kappa=m.kappa,
+                    t_start=m.t_start, t_end=m.t_end, norm_p=m.norm_p, norm_eps=m.norm_eps,
+                    time_inputs=m.time_inputs, time_scale=m.time_scale,
+                    num_classes=num_classes(config), label_dropout=m.label_dropout)
+
+
 def build_autoencoder(config, model, image_shape=None):
     """The KL autoencoder of latent diffusion (`methods.autoencoder`), decoding to the data's
     channels."""
@@ -408,7 +439,7 @@ def build_consistency(config, model, image_shape):
 
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
            "consistency": build_consistency, "autoencoder": build_autoencoder,
-           "flow": build_flow}
+           "flow": build_flow, "meanflow": build_meanflow}
 
 
 SD_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}

@@ -11,6 +11,7 @@ from helpers import ROOT, tiny_ddpm_config
 
 from configs.autoencoder import digits as ae_digits
 from configs.consistency import digits_ct
+from configs.flow import digits_meanflow
 from configs.latent import digits_edm
 from configs.score_sde import digits_vp
 from diffusion_jax import builders
@@ -48,10 +49,14 @@ def _tiny_config(family: str, workdir: str):
         config.model.update(TINY_NCSNPP)
         config.latent.autoencoder_workdir = workdir
         return config
+    if family == "meanflow":
+        config = digits_meanflow.get_config()
+        config.model.update(depth=1, hidden_size=32, num_heads=2)
+        return config
     raise ValueError(family)
 
 
-FAMILIES = ("ddpm", "edm", "score_sde", "consistency", "autoencoder", "latent")
+FAMILIES = ("ddpm", "edm", "score_sde", "consistency", "autoencoder", "latent", "meanflow")
 CASES = [(name, family) for name, families in documented_samplers().items()
          for family in families]
 
