@@ -326,3 +326,29 @@ def test_digits_configs_build_the_edm_digits_network():
         shapes = jax.eval_shape(method.init_params, jax.random.key(0))
         count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
         assert count(shapes["net"]) == 188_769 and count(shapes["logvar"]) == 129
+
+
+def test_a_student_started_from_an_edm_teacher_is_its_trigflow_form():
+    """With c_noise 'edm', `start` puts the teacher's weights into the student, whose f is then
+    the teacher's one-step denoiser D(x_t / cos t, sigma_d tan t) (random teacher weights); the
+    same weights read with c_noise = t are rejected."""
+    from diffusion_jax.methods.edm import EDM
+
+    model = NCSNpp(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
+    teacher = EDM(model=model, image_shape=(8, 8, 1))
+    weights = helpers.random_params(jax.eval_shape(teacher.init_params, jax.random.key(0)))
+    x_t = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+    t = jnp.array([0.2, 0.9, 1.5])
+    D = teacher.conditional_denoiser(weights)(trigflow.to_edm(x_t, t), trigflow.sigma_of_t(t))
+
+    def student_f(c_noise):
+        student = SCM(model=model, image_shape=(8, 8, 1), training_mode="scd", teacher=teacher,
+                      c_noise=c_noise, init_from_teacher=True)
+        params = student.init_params(jax.random.key(2))
+        params, aux = student.start(params, student.init_aux(params, jax.random.key(3)),
+                                    {"teacher": weights})
+        return student.consistency_fn(params)(x_t, t)
+
+    err = lambda f: float(jnp.max(jnp.abs(f - D)) / jnp.max(jnp.abs(D)))
+    assert err(student_f("edm")) < 1e-5
+    assert err(student_f("t")) > 1e-2
