@@ -352,3 +352,48 @@ def test_a_student_started_from_an_edm_teacher_is_its_trigflow_form():
     err = lambda f: float(jnp.max(jnp.abs(f - D)) / jnp.max(jnp.abs(D)))
     assert err(student_f("edm")) < 1e-5
     assert err(student_f("t")) > 1e-2
+
+
+def test_cifar10_sct_builds_edm_ddpmpp_and_samples_in_two_steps():
+    """EDM's DDPM++ (55,732,739 parameters) plus u(t)'s 129; two-step sampling by default."""
+    from configs.scm import cifar10_sct
+
+    config = cifar10_sct.get_config()
+    method = builders.build_method(config)
+    shapes = jax.eval_shape(method.init_params, jax.random.key(0))
+    count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+    assert count(shapes["net"]) == 55_732_739 and count(shapes["logvar"]) == 129
+    sampler = builders.build_sampler(config, method)
+    assert method.times(sampler) == (trigflow.T_MAX, 1.1)
+
+
+TINY = ["--config.model.nf=8", "--config.model.attn_resolutions=()",
+        "--config.training.batch_size=32", "--config.training.log_every=5",
+        "--config.sampling.num_samples=8", "--config.sampling.batch_size=8",
+        "--config.training.preview_samples=0"]
+
+
+@pytest.mark.slow
+def test_digits_edm_teacher_then_scd_then_one_and_two_step_samples_through_the_launcher(
+        tmp_path):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    result = helpers.launch_one_device("--config=configs/edm/digits.py", f"--workdir={teacher}",
+                                       *TINY, "--config.training.num_steps=10",
+                                       "--config.training.checkpoint_every=10",
+                                       "--config.training.sample_at_end=False")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scd = ["--config=configs/scm/digits_scd.py", f"--workdir={student}", *TINY,
+           f"--config.scm.teacher_workdir={teacher}"]
+    result = helpers.launch_one_device(*scd, "--config.training.num_steps=10",
+                                       "--config.training.checkpoint_every=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = np.load(student / "samples" / "step_10.npz")["images"]
+    assert one.shape == (8, 8, 8, 1) and np.isfinite(one).all()
+    result = helpers.launch_one_device(*scd, "--mode=sample", "--config.sampling.method=multistep",
+                                       "--config.sampling.num_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = np.load(student / "samples" / "sample_10_1.npz")["images"]
+    assert two.shape == (8, 8, 8, 1) and not np.allclose(one, two)
+    result = helpers.launch_one_device(*scd, "--mode=sample", "--config.sampling.method=multistep",
+                                       "--config.sampling.num_steps=3")
+    assert result.returncode == 2 and "needs sampling.sigmas" in result.stderr
