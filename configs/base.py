@@ -194,6 +194,25 @@ def consistency_config(training_mode: str = "cd") -> ml_collections.ConfigDict:
     return c
 
 
+def scm_config(training_mode: str = "sct") -> ml_collections.ConfigDict:
+    """sCM (Lu & Song 2024) defaults: TrigFlow with sigma_d 0.5, t_max = arctan(80 / 0.5),
+    tangent warm-up over 10k steps and normalisation c = 0.1 (the paper's values as
+    xandergos/sCM-mnist's comments quote them), adaptive weighting on, c_noise = t, one-step
+    sampling (`methods.scm`). P_mean / P_std are (-1.0, 1.4): the paper's values are unverified
+    (FRONTIER.md Sec. 5: not found); each named config sets its own. `scm.teacher_workdir` is
+    the teacher's work directory (sCD only; no default). Network, data and optimiser keys come
+    from the named config."""
+    c = base_config()
+    c.method = "scm"
+    c.model.update(name="ncsnpp")
+    c.scm = ml_collections.ConfigDict(dict(
+        training_mode=training_mode, sigma_d=0.5, sigma_max=80.0, c_noise="t", P_mean=-1.0,
+        P_std=1.4, tangent_warmup_steps=10_000, tangent_c=0.1, adaptive_weighting=True,
+        label_dropout=0.0, teacher_workdir="", init_from_teacher=training_mode == "scd"))
+    c.sampling.update(num_samples=64, batch_size=64, method="onestep", num_steps=1, sigmas=())
+    return c
+
+
 def stable_diffusion_config(base: str = "sd15") -> ml_collections.ConfigDict:
     """Stable Diffusion (Rombach et al. 2022; `methods.stable_diffusion`): the networks, schedule
     and tokenizer come from the released files (`sd.model_dir`, a diffusers model directory, or

@@ -15,7 +15,7 @@ from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.losses import consistency as consistency_objectives
 from diffusion_jax.losses import weighting
-from diffusion_jax.methods import consistency, score_sde
+from diffusion_jax.methods import consistency, scm, score_sde
 from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM
@@ -437,9 +437,38 @@ def build_consistency(config, model, image_shape):
         P_std=c.P_std, lpips_weights=c.lpips_weights, lpips_resize=c.lpips_resize)
 
 
+def build_scm(config, model, image_shape):
+    """sCM (Lu & Song 2024) on `model`: sCT, or sCD from `scm.teacher_workdir`, as
+    `scm.training_mode` says. `init_from_teacher` needs c_noise 'edm' and an EDM-preconditioned
+    teacher with sigma_data = scm.sigma_d (then the teacher's network is a TrigFlow model)."""
+    c = config.scm
+    choose("sCM training mode (scm.training_mode)", c.training_mode, scm.TRAINING_MODES)
+    choose("sCM noise conditioning (scm.c_noise)", c.c_noise, scm.C_NOISE)
+    distill = c.training_mode == "scd"
+    if c.init_from_teacher and not distill:
+        raise ConfigError("scm.init_from_teacher needs scm.training_mode=scd")
+    if c.P_std <= 0 or c.sigma_d <= 0 or c.sigma_max <= 0:
+        raise ConfigError(f"scm.P_std, scm.sigma_d and scm.sigma_max must be positive; got "
+                          f"{c.P_std}, {c.sigma_d}, {c.sigma_max}")
+    teacher = build_teacher(c.teacher_workdir, config) if distill and c.teacher_workdir else None
+    if c.init_from_teacher and teacher is not None:
+        scheme = getattr(teacher, "scheme", None)
+        if c.c_noise != "edm" or not isinstance(scheme, preconditioning.EDMPrecond) or \
+                scheme.sigma_data != c.sigma_d:
+            raise ConfigError("scm.init_from_teacher needs scm.c_noise=edm and an EDM teacher "
+                              "(edm.precond=edm) with sigma_data = scm.sigma_d")
+    return scm.SCM(
+        model=model, image_shape=image_shape, num_classes=num_classes(config),
+        label_dropout=c.label_dropout, training_mode=c.training_mode, sigma_d=c.sigma_d,
+        c_noise=c.c_noise, P_mean=c.P_mean, P_std=c.P_std,
+        tangent_warmup_steps=c.tangent_warmup_steps, tangent_c=c.tangent_c,
+        adaptive_weighting=c.adaptive_weighting, sigma_max=c.sigma_max, teacher=teacher,
+        teacher_workdir=c.teacher_workdir, init_from_teacher=c.init_from_teacher)
+
+
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
            "consistency": build_consistency, "autoencoder": build_autoencoder,
-           "flow": build_flow, "meanflow": build_meanflow}
+           "flow": build_flow, "meanflow": build_meanflow, "scm": build_scm}
 
 
 SD_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}

@@ -13,6 +13,7 @@ from configs.autoencoder import digits as ae_digits
 from configs.consistency import digits_ct
 from configs.flow import digits_meanflow
 from configs.latent import digits_edm
+from configs.scm import digits_sct
 from configs.score_sde import digits_vp
 from diffusion_jax import builders
 from diffusion_jax import workdir as workdir_io
@@ -39,6 +40,10 @@ def _tiny_config(family: str, workdir: str):
         config = digits_ct.get_config()
         config.model.update(TINY_NCSNPP)
         return config
+    if family == "scm":
+        config = digits_sct.get_config()
+        config.model.update(TINY_NCSNPP)
+        return config
     if family == "autoencoder":
         config = ae_digits.get_config()
         config.model.update(ch=8, attention=False)
@@ -56,7 +61,8 @@ def _tiny_config(family: str, workdir: str):
     raise ValueError(family)
 
 
-FAMILIES = ("ddpm", "edm", "score_sde", "consistency", "autoencoder", "latent", "meanflow")
+FAMILIES = ("ddpm", "edm", "score_sde", "consistency", "autoencoder", "latent", "meanflow",
+            "scm")
 CASES = [(name, family) for name, families in documented_samplers().items()
          for family in families]
 
@@ -82,7 +88,7 @@ def test_every_documented_sampler_runs_from_a_config(name, family, tmp_path):
     config = _tiny_config(family, str(tmp_path))
     config.sampling.method = name
     if "num_steps" in config.sampling:
-        config.sampling.num_steps = 3
+        config.sampling.num_steps = 2 if family == "scm" else 3  # sCM: 1 or 2 without sigmas
     method = builders.build_method(config)
     sampler = builders.build_sampler(config, method)
     params = method.init_params(jax.random.key(0))
