@@ -299,7 +299,9 @@ def test_the_xl2_config_has_meanflows_parameter_count_and_settings():
     the paper's 676M, within 0.1%); 1-step sampler; adamw betas (0.9, 0.95), lr 1e-4;
     the effective guidance scale omega / (1 - kappa) = 2.5."""
     config = imagenet256_meanflow_xl2.get_config()
-    method = builders.build_method(config)
+    latent = builders.build_method(config)  # on the SD VAE's 32x32x4 latents
+    assert latent.noise_shape == (32, 32, 4)
+    method = latent.inner
     shapes = jax.eval_shape(method.init_params, jax.random.key(0))
     count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
     assert count == 676_440_592 and abs(count / 676.4e6 - 1) < 1e-3

@@ -17,9 +17,9 @@ batch 256; 240 epochs = 1,200,960 steps (5004 steps per epoch of ImageNet's 1,28
 drop_last); EMA 0.9999 constant. Sampler: one step z_0 = z_1 - u(z_1, 1, 0)
 (`--config.sampling.num_steps=2` for 2-NFE).
 
-Latents: as `imagenet256_sit_xl2.py`, `data.dataset='imagenet256_latents'` gives the shapes and
-classes only (MeanFlow encodes with `sd-vae-ft-mse`, times 0.18215); the pipeline is not wired
-here. `--mode=info` prints the parameter count.
+Latents: as `imagenet256_sit_xl2.py` (ImageNet centre-cropped to 256, `latent.vae`), with
+MeanFlow's `sd-vae-ft-mse` times 0.18215; its weights in `latent.vae_dir`, the cache in
+`latent.cache_dir` (`--mode=encode_latents`). `--mode=info` prints the parameter count.
 """
 import ml_collections
 
@@ -49,7 +49,8 @@ def get_config(arg=None):
         h_embedding=True))
     config.meanflow = ml_collections.ConfigDict(dict(meanflow_defaults(), omega=0.2,
                                                      kappa=1.0 - 0.2 / 2.5, t_end=0.75))
-    config.data.update(dataset="imagenet256_latents", random_flip=False)
+    config.data.update(dataset="imagenet256", random_flip=False)
+    config.latent.update(vae="sd-vae-ft-mse", scale=0.18215)
     config.training.update(num_steps=240 * STEPS_PER_EPOCH, batch_size=BATCH,
                            checkpoint_every=50_000, log_every=100, ema_decay=0.9999)
     config.optim.update(name="adamw", lr=1e-4, warmup_steps=0, grad_clip=0.0, beta1=0.9,
