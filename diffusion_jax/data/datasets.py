@@ -41,8 +41,13 @@ DATASETS = {
     # ImageNet 256 as SD-VAE latents x 0.18215 (DiT, SiT): shapes and classes only until the
     # latent pipeline is wired; opening it is a DataError
     "imagenet256_latents": DatasetSpec((32, 32, 4), 1000, 256),
+    # ImageNet 512 as sd-vae-ft-mse latents (EDM2): a placeholder like imagenet256_latents
+    "imagenet512_latents": DatasetSpec((64, 64, 4), 1000, 256),
+    # ImageNet 64x64 (EDM2's img64 presets): TFDS's box-downsampled whole images (Chrabaszcz
+    # et al. 2017), not the centre crop of EDM's dataset_tool
+    "imagenet64": DatasetSpec((64, 64, 3), 1000, 256, "imagenet_resized/64x64"),
 }
-LATENT_PLACEHOLDERS = ("imagenet256_latents",)
+LATENT_PLACEHOLDERS = ("imagenet256_latents", "imagenet512_latents")
 
 
 class ArraySource:
