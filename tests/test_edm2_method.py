@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from configs import base
@@ -23,7 +24,6 @@ from diffusion_jax.model_size import count_params
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.training.loop import initial_state
 from diffusion_jax.training.optim import learning_rate_schedule, make_optimizer
-from diffusion_jax.training.state import create_train_state
 from diffusion_jax.training.step import jit_train_step, train_step
 
 SCHEME = preconditioning.EDMPrecond(sigma_data=0.5, P_mean=-0.4, P_std=1.0)
@@ -148,8 +148,6 @@ def test_weights_are_renormalised_after_each_optimiser_step():
     config = tiny_config()
     method = builders.build_method(config)
     mesh = builders.build_mesh(config)
-    import optax
-
     optimizer = optax.adam(0.3)  # large steps, no warm-up: the norms move
     state = initial_state(method, optimizer, 0, mesh)
     # gains 1 instead of 0, so every weight has a gradient (orthogonal to it: Adam grows it)
@@ -185,8 +183,6 @@ def test_fresh_parameters_are_constrained_and_latent_diffusion_forwards_the_hook
     config = tiny_config()
     edm2 = builders.build_method(config)
     method = DoubledInit(**{f.name: getattr(edm2, f.name) for f in dataclasses.fields(edm2)})
-    import optax
-
     state = initial_state(method, optax.adam(1e-3), 0, builders.build_mesh(config))
     np.testing.assert_allclose(weight_rms(state.params), 1.0, atol=1e-3)  # not 2
     latent = LatentDiffusion(inner=edm2, autoencoder=None, autoencoder_workdir="")

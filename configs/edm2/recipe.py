@@ -1,4 +1,4 @@
-"""The EDM2 recipe shared by the paper configs (Karras et al. 2024, Sec. 2-3, App. B.7, Table 2;
+"""The EDM2 recipe shared by the paper configs (Karras et al. 2024, Sec. 2, Table 2;
 NVlabs/edm2 `train_edm2.py` config_presets and `training/training_loop.py` defaults).
 
 - Network: the MP U-Net (`models.edm2_unet`, `preset_kwargs(size)`: channels 128 / 192 / 256

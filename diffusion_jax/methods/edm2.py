@@ -5,7 +5,7 @@ loss of learned uncertainty, its weights kept at unit norm by forced weight norm
 - Preconditioning: EDM's (Karras et al. 2022, Table 1) with sigma_data 0.5 and
   c_noise = ln(sigma) / 4, as NVlabs/edm2 `Precond`; training levels ln sigma ~
   N(P_mean, P_std^2) (ImageNet-512: -0.4, 1.0; ImageNet-64: -0.8, 1.6).
-- Loss (Sec. 2 and App. B.2, Eqs. 14-16 and 21; NVlabs `EDM2Loss`): per example
+- Loss (Sec. 2, Eqs. 14-16 and 21; NVlabs `EDM2Loss`): per example
   sum over the data dimensions of (lambda(sigma) / e^u(sigma)) (D(y + sigma n) - y)^2 + u(sigma),
   lambda = (sigma^2 + sd^2) / (sigma sd)^2 and u the network's log-variance head
   (`models.edm2_unet.EDM2UNet(..., return_logvar=True)`). As in NVlabs' code u is added once per

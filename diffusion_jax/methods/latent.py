@@ -7,7 +7,7 @@ run (`requirements()`), and the latent scale factor s = 1 / std of encoder laten
 `scale_examples` training images (LDM Sec. 4.3.2 and App. G: unit-variance latents, so the
 inner method's sigma_data and noise levels fit), plus the inner method's aux if it has one.
 With `scaling='edm2'` the latents are instead normalised per channel by the fixed statistics
-of EDM2 (Karras et al. 2024, App. C.1; NVlabs/edm2 `training/encoders.py`
+of EDM2 (Karras et al. 2024; NVlabs/edm2 `training/encoders.py`
 `StabilityVAEEncoder`): z' = (z - raw_mean) final_std / raw_std, raw_mean and raw_std the
 channel means and standard deviations of sd-vae-ft-mse latents of ImageNet-512, final_std 0.5
 (EDM2's sigma_data), so the scale is not calibrated and needs no training images.

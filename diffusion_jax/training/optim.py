@@ -1,5 +1,6 @@
 """optax optimisers from the `optim` config section: warmup or EDM2's inverse square root
-decay, global-norm clipping, Adam family, and freezing (only the parameters whose path matches `training.trainable` are updated)."""
+decay, global-norm clipping, Adam family, and freezing (only the parameters whose path matches
+`training.trainable` are updated)."""
 from __future__ import annotations
 
 import re
@@ -24,7 +25,7 @@ SCHEDULES = ("constant", "inverse_sqrt")
 
 def inverse_sqrt_schedule(ref_lr: float, ref_batches: float, rampup_images: float,
                           batch_size: int) -> optax.Schedule:
-    """EDM2's learning rate (Karras et al. 2024, Eq. 2 and App. B.7; NVlabs/edm2
+    """EDM2's inverse-square-root learning-rate decay (Karras et al. 2024, Sec. 2; NVlabs/edm2
     `training_loop.learning_rate_schedule`) at step k, t = k batch_size images seen before it:
     ref_lr / sqrt(max(t / (ref_batches batch_size), 1)) min(t / rampup_images, 1), each factor
     off when its key is 0. Step 0 has lr 0, as in NVlabs' loop."""
