@@ -62,7 +62,7 @@ ABLATIONS = {"model.attn_resolutions=()": {"attn_resolutions": ()},
 
 def setup(config, image_size: int, mesh):
     method = _common.build_method(config, image_size)
-    optimizer = make_optimizer(config.optim)
+    optimizer = make_optimizer(config.optim, batch_size=config.training.batch_size)
     return method, optimizer, initial_state(method, optimizer, 0, mesh)
 
 

@@ -57,7 +57,7 @@ def time_ours(network: str, dtype: str, batch: int, steps: int, image_size: int,
     config = _common.network_config(network, dtype, image_size, tiny)
     num_channels = _common.channels(network)
     method = _common.build_method(config, image_size, num_channels)
-    optimizer = make_optimizer(config.optim)
+    optimizer = make_optimizer(config.optim, batch_size=config.training.batch_size)
     mesh = parallel.make_mesh()
     state = initial_state(method, optimizer, 0, mesh)
     step = jit_train_step(method, optimizer, 0.9999, mesh, steps_per_call=steps_per_call)

@@ -31,9 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
         # shape or presence may differ (they keep their fresh initialisation); trainable: a
         # regular expression over the paths of the parameters trained ("" = all; the rest frozen)
         init_from="", init_allow_missing="", trainable=""))
+    # schedule (training/optim.py): constant (after warmup_steps of linear warm-up) |
+    # inverse_sqrt (EDM2: lr / sqrt(max(t / (ref_batches batch), 1)), linear warm-up over
+    # rampup_images, t the images seen; warmup_steps unused)
     c.optim = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, warmup_steps=5000,
                                              grad_clip=1.0, beta1=0.9, beta2=0.999, eps=1e-8,
-                                             weight_decay=0.0))
+                                             weight_decay=0.0, schedule="constant",
+                                             ref_batches=0.0, rampup_images=0.0))
     # save_pngs: a directory for one PNG per sample (external FID tools); "" = none
     c.sampling = ml_collections.ConfigDict(dict(num_samples=64, batch_size=64, use_ema=True,
                                                 seed=1, save_pngs=""))
@@ -53,10 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
     # AutoencoderKL directory), the method trains and samples on that frozen autoencoder's
     # latents; scale > 0 fixes the latent scale (default for a vae: its scaling_factor,
     # 0.18215), else scale_examples training images set it; cache_dir: encode the training set
-    # once there (resumable, sharded over processes; --mode=encode_latents writes it ahead).
+    # once there (resumable, sharded over processes; --mode=encode_latents writes it ahead);
+    # scaling: std (that fixed or calibrated scale) | edm2 (EDM2's fixed per-channel
+    # statistics of sd-vae-ft-mse latents, 4 channels).
     c.latent = ml_collections.ConfigDict(dict(autoencoder_workdir="", cache_dir="",
                                               scale_examples=512, vae="", vae_dir="",
-                                              scale=0.0))
+                                              scale=0.0, scaling="std"))
     c.edit = ml_collections.ConfigDict(dict(task="none", input="", mask="", strength=0.5))
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,

@@ -19,6 +19,7 @@ from diffusion_jax.methods import consistency, scm, score_sde
 from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM
+from diffusion_jax.methods.edm2 import EDM2
 from diffusion_jax.methods.flow import PREDICTIONS as FLOW_PREDICTIONS, Flow
 from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.methods.meanflow import TIME_INPUTS as MEANFLOW_TIME_INPUTS, MeanFlow
@@ -26,6 +27,7 @@ from diffusion_jax.methods.stable_diffusion import StableDiffusion
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.clip_text import CLIPTextEncoder
 from diffusion_jax.models.dit import DiT
+from diffusion_jax.models.edm2_unet import EDM2UNet
 from diffusion_jax.models.lora import LORA_PARAMS, LoRA
 from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.sd_unet import SDUNet
@@ -38,7 +40,8 @@ from diffusion_jax.samplers import edm as edm_samplers
 from diffusion_jax.samplers import sampler as sampler_lib
 from diffusion_jax.training.optim import make_optimizer
 
-MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL}
+MODELS = {"unet": UNet, "ncsnpp": NCSNpp, "dit": DiT, "autoencoder_kl": AutoencoderKL,
+          "edm2_unet": EDM2UNet}
 CLIP_CONTEXT_LENGTH = 77  # CLIP's text positions: Stable Diffusion's caption tokens
 TEXT_ENCODERS = ("bytes", "precomputed")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -176,8 +179,9 @@ def trainable_pattern(config) -> str:
 
 
 def build_optimizer(config):
-    """The optimizer of `config.optim`, updating only the `trainable_pattern` parameters."""
-    return make_optimizer(config.optim, trainable_pattern(config))
+    """The optimizer of `config.optim` (its schedule counting `training.batch_size` images a
+    step), updating only the `trainable_pattern` parameters."""
+    return make_optimizer(config.optim, trainable_pattern(config), config.training.batch_size)
 
 
 def check_guidance(config):
@@ -276,6 +280,24 @@ def build_edm(config, model, image_shape):
                num_classes=num_classes(config), label_dropout=e.label_dropout,
                caption_length=caption_length(config),
                loss_weighting=None if precond_weight else build_weighting(e, "edm", e.sigma_data))
+
+
+def build_edm2(config, model, image_shape):
+    """EDM2 (Karras et al. 2024) on the MP U-Net `model` (`model.name='edm2_unet'`, whose
+    log-variance head the loss needs): EDM preconditioning with `edm2.sigma_data`, training
+    levels ln sigma ~ N(`edm2.P_mean`, `edm2.P_std`^2), the uncertainty-weighted loss, forced
+    weight normalisation."""
+    e = config.edm2
+    if not isinstance(model, EDM2UNet):
+        raise ConfigError(f"method 'edm2' needs model.name='edm2_unet' (its loss reads the "
+                          f"network's log-variance head), got {config.model.name!r}")
+    if not 0.0 <= e.label_dropout < 1.0:
+        raise ConfigError(f"edm2.label_dropout must be in [0, 1), got {e.label_dropout}")
+    check_guidance(config)
+    return EDM2(model=model, image_shape=image_shape,
+                scheme=preconditioning.EDMPrecond(e.sigma_data, e.P_mean, e.P_std),
+                num_classes=num_classes(config), label_dropout=e.label_dropout,
+                caption_length=caption_length(config))
 
 
 def build_sde(config) -> sdes.SDE:
@@ -468,7 +490,8 @@ def build_scm(config, model, image_shape):
 
 METHODS = {"ddpm": build_ddpm, "edm": build_edm, "score_sde": build_score_sde,
            "consistency": build_consistency, "autoencoder": build_autoencoder,
-           "flow": build_flow, "meanflow": build_meanflow, "scm": build_scm}
+           "flow": build_flow, "meanflow": build_meanflow, "scm": build_scm,
+           "edm2": build_edm2}
 
 
 SD_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}
@@ -587,6 +610,7 @@ def build_latent(config, latent) -> LatentDiffusion:
                            autoencoder_workdir=latent.autoencoder_workdir,
                            dataset=config.data.dataset, scale_examples=latent.scale_examples,
                            cache_dir=latent.cache_dir, fixed_scale=latent_scale(latent),
+                           scaling=latent.get("scaling", "std"),
                            cache_views=2 if config.data.random_flip else 1)
 
 
@@ -613,4 +637,5 @@ def build_released_vae_latent(config, latent) -> LatentDiffusion:
                            dataset=config.data.dataset, scale_examples=latent.scale_examples,
                            cache_dir=latent.cache_dir, vae_dir=latent.get("vae_dir", ""),
                            fixed_scale=latent_scale(latent, scaling_factor),
+                           scaling=latent.get("scaling", "std"),
                            cache_views=2 if config.data.random_flip else 1)

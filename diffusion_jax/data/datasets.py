@@ -43,6 +43,9 @@ DATASETS = {
     # MeanFlow / EDM2 prepare it; latent models encode it once (`latent.cache_dir`)
     "imagenet256": DatasetSpec((256, 256, 3), 1000, 256, "imagenet2012", adm_crop=True),
     "imagenet512": DatasetSpec((512, 512, 3), 1000, 256, "imagenet2012", adm_crop=True),
+    # ImageNet 64x64 (EDM2's img64 presets): TFDS's box-downsampled whole images (Chrabaszcz
+    # et al. 2017), not the centre crop of EDM's dataset_tool
+    "imagenet64": DatasetSpec((64, 64, 3), 1000, 256, "imagenet_resized/64x64"),
 }
 
 

@@ -29,7 +29,7 @@ def write_imported_run(workdir: str, config, params, step: int = 0) -> None:
             a.shape != b.shape for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got))):
         raise ConfigError("the imported parameters do not match the network of the config")
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-    optimizer = make_optimizer(config.optim)
+    optimizer = make_optimizer(config.optim, batch_size=config.training.batch_size)
     rng, aux_rng = jax.random.split(jax.random.PRNGKey(config.training.seed))
     aux = method.init_aux(params, aux_rng)
     state = create_train_state(params, optimizer, rng, aux)

@@ -153,6 +153,12 @@ class Method(Protocol):
         """The aux state after an optimiser step (e.g. a target network's EMA)."""
         return aux
 
+    def constrain_params(self, params) -> Params:
+        """The parameters as the method stores them, applied to fresh ones and after each
+        optimiser step, once the EMA has seen the step's output (EDM2's forced weight
+        normalisation); by default unchanged."""
+        return params
+
     def latent_cache(self) -> Optional[LatentCache]:
         """A transformed training set the loop reads instead of the data set's, or None."""
         return None

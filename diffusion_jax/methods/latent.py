@@ -8,6 +8,11 @@ autoencoder's own run (its EMA), or with `vae_dir` from a released VAE (diffuser
 factor s: `fixed_scale` (0.18215 for the SD VAEs), else 1 / std of encoder latents over
 `scale_examples` training images (LDM Sec. 4.3.2 and App. G: unit-variance latents, so the
 inner method's sigma_data and noise levels fit), plus the inner method's aux if it has one.
+With `scaling='edm2'` the latents are instead normalised per channel by the fixed statistics
+of EDM2 (Karras et al. 2024; NVlabs/edm2 `training/encoders.py`
+`StabilityVAEEncoder`): z' = (z - raw_mean) final_std / raw_std, raw_mean and raw_std the
+channel means and standard deviations of sd-vae-ft-mse latents of ImageNet-512, final_std 0.5
+(EDM2's sigma_data), so the scale is not calibrated and needs no training images.
 Training encodes each batch, z = s (mean + std n) of q(z | x) under stop-gradient, and calls
 the inner loss on z; with a latent cache (`latent_cache()`) the posterior moments of the whole
 training set are encoded once (`data.cache`: resumable, sharded over processes; with
@@ -31,6 +36,11 @@ from diffusion_jax.methods.base import (LatentCache, Method, PretrainedWeights, 
 from diffusion_jax.models.autoencoder import DiagonalGaussian
 from diffusion_jax.samplers.sampler import Sampler
 
+SCALINGS = ("std", "edm2")
+EDM2_RAW_MEAN = (5.81, 3.25, 0.12, -2.15)  # NVlabs/edm2 StabilityVAEEncoder defaults
+EDM2_RAW_STD = (4.17, 4.62, 3.71, 3.28)
+EDM2_FINAL_STD = 0.5
+
 
 @dataclasses.dataclass(frozen=True)
 class LatentDiffusion(Method):
@@ -43,6 +53,15 @@ class LatentDiffusion(Method):
     vae_dir: str = ""  # a released VAE directory: the autoencoder's weights come from there
     fixed_scale: float = 0.0  # > 0: the latent scale s, not calibrated
     cache_views: int = 1  # 2: the cache also holds the mirrored images' latents
+    scaling: str = "std"  # 'std': fixed_scale, else 1 / std of calibration latents; 'edm2'
+
+    def __post_init__(self):
+        if self.scaling not in SCALINGS:
+            raise ConfigError(f"unknown latent scaling {self.scaling!r} (latent.scaling); "
+                              f"valid: {', '.join(SCALINGS)}")
+        if self.scaling == "edm2" and self.noise_shape[-1] != len(EDM2_RAW_MEAN):
+            raise ConfigError(f"latent.scaling='edm2' holds the statistics of the 4 channels of "
+                              f"sd-vae-ft-mse latents; these latents have {self.noise_shape[-1]}")
 
     @property
     def image_shape(self) -> tuple:
@@ -86,12 +105,12 @@ class LatentDiffusion(Method):
 
     # -- aux state: the frozen autoencoder and the latent scale --------------------------------
     def requirements(self) -> dict:
-        """The autoencoder run's EMA weights (or the released VAE of `vae_dir`), unless the scale
-        is fixed `scale_examples` training images for it, and the inner method's
-        requirements."""
+        """The autoencoder run's EMA weights (or the released VAE of `vae_dir`), `scale_examples`
+        training images to calibrate the scale (unless it is fixed or EDM2's), and the inner
+        method's requirements."""
         needs = {"autoencoder": (PretrainedWeights(self.vae_dir, "vae") if self.vae_dir
                                  else RunWeights(self.autoencoder_workdir))}
-        if not self.fixed_scale:
+        if self.scaling == "std" and not self.fixed_scale:
             needs["calibration"] = TrainingImages(self.scale_examples)
         inner = self.inner.requirements()
         return {**needs, "inner": inner} if inner else needs
@@ -100,6 +119,9 @@ class LatentDiffusion(Method):
         ae_rng, inner_rng = jax.random.split(rng)
         aux = {"autoencoder": self.autoencoder.init_params(ae_rng),
                "scale": jnp.asarray(self.fixed_scale or 1.0, jnp.float32)}
+        if self.scaling == "edm2":
+            scale = EDM2_FINAL_STD / jnp.asarray(EDM2_RAW_STD, jnp.float32)
+            aux.update(scale=scale, bias=-jnp.asarray(EDM2_RAW_MEAN, jnp.float32) * scale)
         inner = self.inner.init_aux(params, inner_rng)
         return {**aux, "inner": inner} if inner else aux
 
@@ -111,7 +133,7 @@ class LatentDiffusion(Method):
             raise ConfigError(f"the autoencoder in {self.vae_dir or self.autoencoder_workdir!r} "
                               f"does not match its config.json")
         aux = dict(aux, autoencoder=ae_params)
-        if not self.fixed_scale:
+        if self.scaling == "std" and not self.fixed_scale:
             aux["scale"] = jnp.asarray(self.latent_scale(ae_params, resources["calibration"]),
                                        jnp.float32)
         if "inner" in aux:
@@ -123,6 +145,9 @@ class LatentDiffusion(Method):
         if "inner" in aux:
             return dict(aux, inner=self.inner.update_aux(aux["inner"], params, step))
         return aux
+
+    def constrain_params(self, params):
+        return self.inner.constrain_params(params)
 
     def latent_scale(self, ae_params, images: np.ndarray) -> float:
         """1 / std of posterior samples of `images`."""
@@ -145,13 +170,22 @@ class LatentDiffusion(Method):
         return jax.jit(lambda p, x: self.posterior_moments({"autoencoder": p}, x))
 
     # -- data ---------------------------------------------------------------------------------
+    def normalize(self, aux, z):
+        """The diffusion latent of an autoencoder latent z: s z, or s z + b per channel
+        (`scaling='edm2'`)."""
+        return aux["scale"] * z + aux.get("bias", 0.0)
+
+    def denormalize(self, aux, z):
+        """The inverse of `normalize`."""
+        return (z - aux.get("bias", 0.0)) / aux["scale"]
+
     def encode(self, aux, x, rng):
-        """s z, z ~ q(z | x), under stop-gradient."""
+        """normalize(z), z ~ q(z | x), under stop-gradient."""
         z = self.autoencoder.encode(aux["autoencoder"], x).sample(rng)
-        return jax.lax.stop_gradient(aux["scale"] * z)
+        return jax.lax.stop_gradient(self.normalize(aux, z))
 
     def decode(self, aux, z):
-        return self.autoencoder.decode(aux["autoencoder"], z / aux["scale"])
+        return self.autoencoder.decode(aux["autoencoder"], self.denormalize(aux, z))
 
     def latent_cache(self) -> Optional[LatentCache]:
         """With `cache_dir`: the posterior moments (mean, log variance) of every training image
@@ -185,7 +219,7 @@ class LatentDiffusion(Method):
         x = batch["image"]
         if self.cache_dir:  # posterior moments from the cache
             q = DiagonalGaussian.from_moments(x)
-            z = jax.lax.stop_gradient(aux["scale"] * q.sample(rng))
+            z = jax.lax.stop_gradient(self.normalize(aux, q.sample(rng)))
         else:
             z = self.encode(aux, x, rng)
         return dict(batch, image=z)
@@ -214,7 +248,7 @@ class LatentDiffusion(Method):
         `strength`, decode. Inpainting needs a pixel mask the latents do not have."""
         if task != "sdedit":
             raise ConfigError(f"latent diffusion edits by sdedit only (edit.task={task!r})")
-        z = aux["scale"] * self.autoencoder.encode(aux["autoencoder"], x).mode()
+        z = self.normalize(aux, self.autoencoder.encode(aux["autoencoder"], x).mode())
         z = self.inner.edit(params, rng, z, jnp.zeros(z.shape, bool), cond,
                             aux=aux.get("inner", {}), sampler=sampler, task=task,
                             strength=strength)

@@ -78,10 +78,11 @@ def stop_on_sigterm():
 
 
 def _create(method, optimizer, seed: int, params=None, ema_params=None) -> TrainState:
-    """The step-0 state of `seed`: parameters initialised from it unless `params` (and
-    `ema_params`) are given, then the method's aux state and a fresh optimizer state."""
+    """The step-0 state of `seed`: parameters initialised from it (as `constrain_params`
+    stores them) unless `params` (and `ema_params`) are given, then the method's aux state and
+    a fresh optimizer state."""
     init_rng, train_rng, aux_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
-    params = method.init_params(init_rng) if params is None else params
+    params = method.constrain_params(method.init_params(init_rng)) if params is None else params
     state = create_train_state(params, optimizer, train_rng, method.init_aux(params, aux_rng))
     return state if ema_params is None else state.replace(ema_params=ema_params)
 

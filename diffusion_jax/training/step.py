@@ -71,12 +71,16 @@ def accumulated_value_and_grad(loss_fn: Callable, params, batch, rng, num_micro_
 
 
 def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_decay,
-               grad_accum_steps: int = 1, update_aux: Optional[Callable] = None):
+               grad_accum_steps: int = 1, update_aux: Optional[Callable] = None,
+               constrain_params: Optional[Callable] = None):
     """One optimiser step on the global batch; the step's randomness is fold_in(rng, step).
 
     `loss_fn` sees the state's aux and step; `update_aux(aux, new_params, step)` (a method's
     target-network EMA, for example) runs after the update. `ema_decay` is a float or a function
-    of the step (`ema_schedule`)."""
+    of the step (`ema_schedule`). `constrain_params(params)` (EDM2's forced weight
+    normalisation) makes the stored parameters of the optimiser's output, after the EMA and
+    `update_aux` have averaged that output as it is (NVlabs/edm2 normalises at the next
+    forward pass, after its EMA update)."""
     step_rng = jax.random.fold_in(state.rng, state.step)
     loss = lambda params, batch, rng: loss_fn(params, batch, rng, state.aux, state.step)
     (loss, metrics), grads = accumulated_value_and_grad(loss, state.params, batch, step_rng,
@@ -84,7 +88,8 @@ def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_deca
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     aux = state.aux if update_aux is None else update_aux(state.aux, params, state.step)
-    new_state = state.replace(step=state.step + 1, params=params,
+    stored = params if constrain_params is None else constrain_params(params)
+    new_state = state.replace(step=state.step + 1, params=stored,
                               ema_params=ema_update(state.ema_params, params,
                                                     ema_decay(state.step) if callable(ema_decay)
                                                     else ema_decay),
@@ -108,7 +113,8 @@ def jit_train_step(method, optimizer, ema_decay, mesh, state_sharding=None,
     leading axis of k global batches and each metric comes back as k values."""
     rep, state_sharding = parallel.replicated(mesh), state_sharding or parallel.replicated(mesh)
     kwargs = dict(loss_fn=method.loss, optimizer=optimizer, ema_decay=ema_decay,
-                  grad_accum_steps=grad_accum_steps, update_aux=method.update_aux)
+                  grad_accum_steps=grad_accum_steps, update_aux=method.update_aux,
+                  constrain_params=method.constrain_params)
     if steps_per_call == 1:
         fn, leading = (lambda state, batch: train_step(state, batch, **kwargs)), 0
     else:
