@@ -5,6 +5,7 @@ rounding) on every shared solver and family, the launcher end to end with a guid
 one-line errors."""
 import copy
 import dataclasses
+import os
 from typing import ClassVar
 
 import jax
@@ -16,7 +17,7 @@ from helpers import random_params, tiny_ddpm_config
 
 from configs.flow import digits_rectified_flow
 from configs.score_sde import digits_vp
-from diffusion_jax import analytic, builders, guidance, launcher
+from diffusion_jax import analytic, builders, guidance, launcher, runs
 from diffusion_jax import workdir as workdir_io
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.methods.autoguided import Autoguided, autoguided
@@ -266,7 +267,7 @@ def _sample_config(config, guide_workdir, w=2.0, **sampling):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def trained(tmp_path_factory):
     main_dir, guide_dir = tmp_path_factory.mktemp("main"), tmp_path_factory.mktemp("guide")
     main = _tiny_run(main_dir)
     assert launcher.run(main, str(main_dir), "train") == 0
@@ -280,39 +281,45 @@ def _samples(config, workdir, train_workdir):
     return np.load(workdir / "samples" / f"sample_{step}_{config.sampling.seed}.npz")["images"]
 
 
-def test_launcher_samples_with_a_smaller_shorter_guide_run(runs, tmp_path):
-    main, main_dir, guide_dir = runs
+@pytest.mark.slow
+def test_launcher_samples_with_a_smaller_shorter_guide_run(trained, tmp_path):
+    main, main_dir, guide_dir = trained
     unguided = _samples(main, tmp_path / "unguided", main_dir)
     guided = _samples(_sample_config(main, guide_dir), tmp_path / "guided", main_dir)
     itself = _samples(_sample_config(main, main_dir), tmp_path / "itself", main_dir)
     assert guided.shape == unguided.shape == (4, 8, 8, 1) and np.isfinite(guided).all()
     np.testing.assert_allclose(itself, unguided, **SAME)  # the main run guiding itself
     assert np.max(np.abs(guided - unguided)) > 100 * SAME["atol"]
-
-
-def test_launcher_errors_are_one_line(runs, tmp_path):
-    main, main_dir, guide_dir = runs
-
-    def fails(config, match, mode="sample"):
-        with pytest.raises(ConfigError, match=match) as error:
-            launcher.run(config, str(tmp_path / "out"), mode, train_workdir=str(main_dir))
-        assert "\n" not in str(error.value)
-
-    fails(_sample_config(main, tmp_path / "missing"), "does not exist")
-    empty = tmp_path / "empty"
-    workdir_io.write_config(str(empty), _tiny_run(empty))
-    fails(_sample_config(main, empty), "no checkpoint")
     with_step = _sample_config(main, guide_dir)
     with_step.guidance.guide_step = 7
-    fails(with_step, r"no checkpoint 7 .*steps: 1")
-    shapes = tmp_path / "shapes"
-    workdir_io.write_config(str(shapes), _tiny_run(shapes, dataset="shapes"))
+    with pytest.raises(ConfigError, match=r"no checkpoint 7 there \(steps: 1;"):
+        launcher.run(with_step, str(tmp_path / "step"), "sample", train_workdir=str(main_dir))
+
+
+def test_guide_errors_are_one_line(tmp_path):
+    main = _tiny_run(tmp_path / "main")
+
+    def fails(config, match):
+        with pytest.raises(ConfigError, match=match) as error:
+            method = builders.build_method(config)
+            runs.check_guide(config, method, builders.build_sampler(config, method))
+        assert "\n" not in str(error.value)
+
+    def run_dir(name, config):
+        os.makedirs(tmp_path / name)
+        workdir_io.write_config(str(tmp_path / name), config)
+        return tmp_path / name
+
+    fails(_sample_config(main, tmp_path / "missing"), "does not exist")
+    fails(_sample_config(main, run_dir("empty", main)), r"no checkpoint  there \(steps: none")
+    shapes = run_dir("shapes", _tiny_run(tmp_path, dataset="shapes"))
     fails(_sample_config(main, shapes), r"image_shape \(16, 16, 3\)")
-    uncond_main = _tiny_run(main_dir, class_conditional=False)
-    fails(_sample_config(uncond_main, guide_dir), "conditioned on 10 classes")
-    fails(_sample_config(main, guide_dir, negative_label=3), "negative_label")
-    fails(_sample_config(main, guide_dir), "read by --mode=sample", mode="train")
-    ddpm = tmp_path / "ddpm"
-    workdir_io.write_config(str(ddpm), tiny_ddpm_config())
+    conditional = run_dir("conditional", main)
+    fails(_sample_config(_tiny_run(tmp_path, class_conditional=False), conditional),
+          "conditioned on 10 classes")
+    fails(_sample_config(main, conditional, negative_label=3), "negative_label")
+    ddpm = run_dir("ddpm", tiny_ddpm_config())
     fails(_sample_config(tiny_ddpm_config(), ddpm, method="ancestral"),
           "runs on the shared solvers")
+    with pytest.raises(ConfigError, match="read by --mode=sample"):
+        launcher.run(_sample_config(main, conditional), str(tmp_path / "train"), "train")
