@@ -64,6 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
                                               scale_examples=512, vae="", vae_dir="",
                                               scale=0.0, scaling="std"))
     c.edit = ml_collections.ConfigDict(dict(task="none", input="", mask="", strength=0.5))
+    # Autoguidance (Karras et al. 2024; methods/autoguided.py) in --mode=sample / eval: with
+    # guide_workdir (another run with a denoiser: a smaller and/or shorter-trained model, its own
+    # config.json and EMA), D = D_guide + w (D_main - D_guide) with w = sampling.guidance_scale
+    # inside [guidance_sigma_lo, guidance_sigma_hi]; guide_step: its checkpoint (0 = newest)
+    c.guidance = ml_collections.ConfigDict(dict(guide_workdir="", guide_step=0))
     c.eval = ml_collections.ConfigDict(dict(
         num_samples=50000, batch_size=500, reference_split="train", num_reference=50000,
         inception_weights="", reference_stats="",

@@ -184,9 +184,24 @@ def build_optimizer(config):
     return make_optimizer(config.optim, trainable_pattern(config), config.training.batch_size)
 
 
+def guide_workdir(config) -> str:
+    """The autoguidance guide's run (`guidance.guide_workdir`; "" = none, as in a config written
+    before the key)."""
+    return config.get("guidance", {}).get("guide_workdir", "")
+
+
 def check_guidance(config):
     """Classifier-free guidance options (`sampling.guidance_scale`, `negative_prompt`) that the
-    configured model cannot follow, as a ConfigError before anything runs."""
+    configured model cannot follow, as a ConfigError before anything runs. With an autoguidance
+    guide (`guide_workdir`), any model may be guided, and CFG's own options are refused."""
+    if guide_workdir(config):
+        s = config.sampling
+        if (s.get("negative_label", -1) >= 0 or s.get("negative_prompt", "")
+                or s.get("guidance_channels", 0)):
+            raise ConfigError("autoguidance (guidance.guide_workdir) replaces classifier-free "
+                              "guidance's unconditional branch: sampling.negative_label, "
+                              "negative_prompt and guidance_channels do not apply with it")
+        return
     if (config.sampling.get("guidance_scale", 1.0) != 1.0 and not num_classes(config)
             and not caption_length(config)):
         raise ConfigError("sampling.guidance_scale != 1 needs model.class_conditional=True or "

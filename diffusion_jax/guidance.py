@@ -74,6 +74,37 @@ def classifier_free_guidance(denoiser: Denoiser, scale: float, null_cond, *,
     return guided_denoiser
 
 
+def autoguidance(main: Denoiser, guide: Denoiser, scale: float, *, sigma_lo: float = 0.0,
+                 sigma_hi: float = math.inf) -> Denoiser:
+    """D_w(x, sigma, cond) = D_guide + w (D_main - D_guide) with w = `scale` (Karras et al. 2024,
+    Eq. 1 and Sec. 3; EDM2's `edm_sampler.denoise`, `ref_Dx.lerp(Dx, guidance)`), `guide` a
+    weaker model of the same data (smaller and/or shorter-trained; the unconditional model makes
+    this classifier-free guidance). Both are denoisers called as `main` is (`cond` passed when
+    not None). Limited to the interval as `classifier_free_guidance` is (Kynkaenniemi et al.
+    2024): outside [sigma_lo, sigma_hi] D_w = D_main, and the guide is not evaluated when no
+    example of the batch lies inside. Scale 1 is `main` itself. Unlike CFG's one batched 2B
+    call, the two networks differ, so they are two calls."""
+    if scale == 1.0:
+        return main
+    limited = sigma_lo > 0.0 or sigma_hi < math.inf
+
+    def guided_denoiser(x, sigma, cond=None):
+        call = lambda D: D(x, sigma) if cond is None else D(x, sigma, cond)  # noqa: E731
+        d_main = call(main)
+
+        def combine():
+            d_guide = call(guide)
+            return d_guide + scale * (d_main - d_guide)
+        if not limited:
+            return combine()
+        level = per_example(sigma, x)
+        inside = (level >= sigma_lo) & (level <= sigma_hi)
+        return jax.lax.cond(jnp.any(inside),
+                            lambda: jnp.where(expand(inside, x), combine(), d_main),
+                            lambda: d_main)
+    return guided_denoiser
+
+
 @dataclasses.dataclass(frozen=True)
 class Guidance:
     """Classifier-free guidance with scale w (1: none), only for EDM sigma in [sigma_lo, sigma_hi],

@@ -67,6 +67,8 @@ def run(config, workdir: str, mode: str, train_workdir: str | None = None, promp
         sampler = sampler.replace(negative_prompt=negative_prompt)
     mesh = builders.build_mesh(config)
     validate(config, workdir, mode, train_workdir, mesh)
+    if mode != "train":
+        runs.check_guide(config, method, sampler)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
@@ -95,6 +97,7 @@ def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sample
         return 0
     method, state = runs.restore_or_pretrained(config, train_workdir or workdir, mesh)
     state = runs.sampling_state(config, state)
+    method, state = runs.with_guide(config, method, state, mesh)
     if mode == "reflow_pairs":
         return _reflow_pairs(config, mesh, method, sampler, state)
     if mode == "sample":
@@ -164,6 +167,9 @@ def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
             raise ConfigError(f"training.batch_size {settings.batch_size} is larger than the "
                               f"{len(source)} training examples of {config.data.dataset!r}")
         _check_fine_tuning(config, workdir)
+        if builders.guide_workdir(config):
+            raise ConfigError("guidance.guide_workdir (autoguidance) is read by --mode=sample "
+                              "and --mode=eval; train the main model and the guide without it")
     elif (config.method not in builders.PRETRAINED_METHODS
           and loop.latest_checkpoint(train_workdir or workdir) is None):
         raise CheckpointError(f"no checkpoint in {train_workdir or workdir!r}: train there first "

@@ -20,7 +20,9 @@ from diffusion_jax import workdir as workdir_io
 from diffusion_jax.data import cache as data_cache
 from diffusion_jax.data.datasets import first_images, open_dataset
 from diffusion_jax.errors import ConfigError
+from diffusion_jax.methods import autoguided
 from diffusion_jax.methods.base import PretrainedWeights, RunWeights, TrainingImages, WeightsFile
+from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.models import lora
 from diffusion_jax.progress import Progress
 from diffusion_jax.training import loop
@@ -165,6 +167,72 @@ def sampling_state(config, state: TrainState) -> TrainState:
     scale = config.model.lora_alpha / rank
     return state.replace(params=lora.merge_lora(state.params, scale),
                          ema_params=lora.merge_lora(state.ema_params, scale))
+
+
+def _guide_step(config) -> Optional[int]:
+    return config.guidance.get("guide_step", 0) or None
+
+
+def check_guide(config, method, sampler) -> None:
+    """One-line ConfigErrors, reading nothing but the guide run's config.json and checkpoint
+    list, for `guidance.guide_workdir` (autoguidance, `methods.autoguided`): the directory or its
+    checkpoint (`guidance.guide_step`, 0 = the newest) missing, a main or guide model without a
+    denoiser, another image or noise shape, classes or captions the guide cannot take (a
+    conditional guide needs the main model's conditions; an unconditional one fits any), latent
+    runs on different autoencoders, and a sampler that is not a shared solver."""
+    workdir = builders.guide_workdir(config)
+    if not workdir:
+        return
+    what = f"guidance.guide_workdir {workdir!r}"
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"{what} does not exist: train the guide there first")
+    guide_config = workdir_io.read_config(workdir)
+    guide = builders.build_method(guide_config)
+    if not (method.has_denoiser and guide.has_denoiser):
+        raise ConfigError(f"autoguidance needs a denoiser in the main and the guide model "
+                          f"({config.method!r} guided by {guide_config.method!r} in {what})")
+    for name in ("image_shape", "noise_shape"):
+        if tuple(getattr(guide, name)) != tuple(getattr(method, name)):
+            raise ConfigError(f"{what} has {name} {tuple(getattr(guide, name))}, the main model "
+                              f"{tuple(getattr(method, name))}")
+    if (guide.num_classes not in (0, method.num_classes)
+            or guide.caption_length not in (0, method.caption_length)):
+        raise ConfigError(f"{what} is conditioned on {guide.num_classes} classes / captions of "
+                          f"{guide.caption_length} tokens, the main model on "
+                          f"{method.num_classes} / {method.caption_length}: a guide takes the "
+                          f"main model's conditions, or none")
+    if isinstance(method, LatentDiffusion) or isinstance(guide, LatentDiffusion):
+        same = all(guide_config.get("latent", {}).get(key) == config.latent.get(key)
+                   for key in ("autoencoder_workdir", "scale_examples"))
+        if not (isinstance(method, LatentDiffusion) and isinstance(guide, LatentDiffusion)
+                and same):
+            raise ConfigError(f"{what}: a latent diffusion model and its guide must both be "
+                              f"latent runs on the same autoencoder (latent.autoencoder_workdir "
+                              f"and latent.scale_examples)")
+    autoguided.check_solver(method, sampler)
+    step = _guide_step(config)
+    steps = (Checkpointer(workdir, read_only=True).manager.all_steps()
+             if loop.latest_checkpoint(workdir) is not None else [])
+    if not steps or (step is not None and step not in steps):
+        raise ConfigError(f"{what}: no checkpoint {'' if step is None else step} there (steps: "
+                          f"{', '.join(map(str, sorted(steps))) or 'none'}; guidance.guide_step "
+                          f"0 = the newest)")
+
+
+def with_guide(config, method, state: TrainState, mesh) -> tuple:
+    """(method, state) that sample `method` autoguided by the run of `guidance.guide_workdir`
+    (`methods.autoguided.autoguided`; checked first by `check_guide`): the guide's config.json
+    builds its own method, its checkpoint (`guidance.guide_step`) is restored onto `mesh` with
+    LoRA merged, and its EMA parameters (or its raw ones, as `sampling.use_ema` says) and aux go
+    into the state's aux. Without a guide, (method, state) unchanged."""
+    workdir = builders.guide_workdir(config)
+    if not workdir:
+        return method, state
+    guide_config, guide, guide_state = restore_run(workdir, mesh, _guide_step(config))
+    guide_state = sampling_state(guide_config, guide_state)
+    params = guide_state.ema_params if config.sampling.use_ema else guide_state.params
+    method, aux = autoguided.autoguided(method, state.aux, guide, params, guide_state.aux)
+    return method, state.replace(aux=aux)
 
 
 def training_images(config, count: int) -> np.ndarray:
