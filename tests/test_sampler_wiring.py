@@ -176,10 +176,12 @@ class CountingNetwork(nn.Module):
     """A network of one parameter that records each call (a batched guided pair is one call)."""
 
     @nn.compact
-    def __call__(self, x, t, cond=None, train=False):
+    def __call__(self, x, t, cond=None, train=False, h=None):
         jax.debug.callback(lambda: CALLS.append(1))
         w = self.param("w", nn.initializers.constant(0.5), ())
         out = w * x + 0.01 * jnp.reshape(t, (-1,) + (1,) * (x.ndim - 1))
+        if h is not None:  # MeanFlow's second time input
+            out = out + 0.01 * jnp.reshape(h, (-1,) + (1,) * (x.ndim - 1))
         if cond is not None:
             out = out + 0.01 * jnp.reshape(cond, (-1,) + (1,) * (x.ndim - 1))
         return out
@@ -188,6 +190,7 @@ class CountingNetwork(nn.Module):
 GUIDED = ("ddpm", "edm", "score_sde", "latent")
 CHAIN_OPTIONS = {"pc": dict(corrector="langevin", n_corrector_steps=2), "ode": dict(rtol=1e-3,
                                                                                     atol=1e-3)}
+FAMILY_OPTIONS = {("scm", "multistep"): dict(sigmas=(80.0, 10.0, 2.0, 0.5, 0.1))}  # 5 levels
 
 
 def _counting_method(family, tmp_path):
@@ -216,7 +219,8 @@ def test_every_sampler_reports_the_network_calls_it_makes(name, family, tmp_path
     the family has it, over 5 steps."""
     method = _counting_method(family, tmp_path)
     guide = dict(guidance_scale=2.0) if family in GUIDED else {}
-    sampler = method.sampler(method=name, num_steps=5, **CHAIN_OPTIONS.get(name, {}), **guide)
+    sampler = method.sampler(method=name, num_steps=5, **CHAIN_OPTIONS.get(name, {}),
+                             **FAMILY_OPTIONS.get((family, name), {}), **guide)
     params = method.init_params(jax.random.key(0))
     aux = method.init_aux(params, jax.random.key(1))
     x_init = jax.random.normal(jax.random.key(2), (2,) + tuple(method.noise_shape))
