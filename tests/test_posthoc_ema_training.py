@@ -250,3 +250,17 @@ def test_posthoc_ema_mode_on_a_digits_run_writes_the_reconstruction_sample_and_e
     _, trained = runs.restore(config, train_dir, mesh)  # raw parameters: the newest checkpoint
     assert_same_trees(state.params, trained.params)
     assert launcher.run(config, str(tmp_path / "samples"), "sample", train_workdir=out) == 0
+
+
+@pytest.mark.slow
+def test_posthoc_ema_digits_experiment_quick_writes_its_table_and_plot(tmp_path):
+    from experiments import posthoc_ema_digits
+
+    assert posthoc_ema_digits.run(str(tmp_path), "quick") == 0
+    table = (tmp_path / "results.md").read_text()
+    for sigma_rel in posthoc_ema_digits.QUICK_SWEEP:
+        assert f"| post-hoc EMA | {sigma_rel} |" in table
+    assert "| traditional EMA 0.999 |" in table and "| raw weights |" in table
+    assert (tmp_path / "posthoc_ema_digits.png").exists()
+    with pytest.raises(ConfigError, match="valid: quick"):
+        posthoc_ema_digits.run(str(tmp_path), "huge")
