@@ -84,11 +84,17 @@ class Checkpointer:
             state=ocp.args.StandardSave(_item(state)), loader=ocp.args.JsonSave(loader_state)))
 
     def power_ema_count(self, step: Optional[int] = None) -> int:
-        """How many post-hoc EMA profiles checkpoint `step` (default: the newest) holds."""
-        step = self.latest_step() if step is None else step
-        tree = ocp.StandardCheckpointHandler().metadata(
-            epath.Path(self.directory) / str(step) / "state").tree
-        return len(tree.get("power_emas", ())) if isinstance(tree, dict) else 0
+        """How many post-hoc EMA profiles checkpoint `step` holds (default: the newest whose
+        metadata reads; 0 when none does, and `restore` then says why)."""
+        steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        for candidate in steps:
+            try:
+                tree = ocp.StandardCheckpointHandler().metadata(
+                    epath.Path(self.directory) / str(candidate) / "state").tree
+            except Exception:
+                continue
+            return len(tree.get("power_emas", ())) if isinstance(tree, dict) else 0
+        return 0
 
     def _restore_step(self, abstract_state, step: int):
         item = _item(abstract_state)
