@@ -232,7 +232,10 @@ def train(method, optimizer, mesh, settings: Settings, workdir: str,
     Every step's metrics are fetched while the next step runs, so a non-finite loss stops the
     run (TrainingDiverged) before a non-finite state is checkpointed, and SIGTERM is seen within
     a step. The metrics of the steps since the last log line are kept in each checkpoint, so a
-    resumed run logs the same rows as an uninterrupted one (timings aside).
+    resumed run logs the same rows as an uninterrupted one (timings aside). With
+    `ema_sigma_rels` the state carries their power-function EMAs (EDM2), snapshotted every
+    `ema_snapshot_every` steps into `workdir/ema_snapshots` (`ema_snapshots.SnapshotWriter`); a
+    resumed run writes the snapshots an uninterrupted one does, none twice.
     """
     t = settings
     gammas = t.power_ema_gammas()

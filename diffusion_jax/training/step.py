@@ -111,7 +111,8 @@ def jit_train_step(method, optimizer, ema_decay, mesh, state_sharding=None,
     """jax.jit of `train_step` for `method` (its loss and `update_aux`) with the state in
     `state_sharding` (default replicated), the batch split over every device, and the old
     state's buffers donated. With `steps_per_call` k > 1 it is `train_steps`: the batch has a
-    leading axis of k global batches and each metric comes back as k values."""
+    leading axis of k global batches and each metric comes back as k values.
+    `power_ema_gammas`: the exponents of the state's post-hoc EMA profiles (`train_step`)."""
     rep, state_sharding = parallel.replicated(mesh), state_sharding or parallel.replicated(mesh)
     kwargs = dict(loss_fn=method.loss, optimizer=optimizer, ema_decay=ema_decay,
                   grad_accum_steps=grad_accum_steps, update_aux=method.update_aux,
