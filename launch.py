@@ -3,6 +3,7 @@
     python launch.py                                  # DDPM on the embedded digits, then samples
     python launch.py --config=configs/ddpm/cifar10.py:bf16 --workdir=runs/c10 --mode=train
     python launch.py --config=... --config.training.num_steps=10 --mode=info|sample|eval
+    python launch.py --config=... --workdir=W --mode=posthoc_ema --config.ema.sigma_rel=0.085
     python launch.py --config=configs/text/shapes_edm.py --mode=sample --prompt="a red circle on the left"
     python launch.py --experiment=experiments/NAME.py[:arg] --workdir=DIR [--parallel=N] [--dry_run]
     python launch.py --experiment=experiments/NAME.py[:arg] --workdir=DIR --emit=slurm  # job arrays
@@ -87,9 +88,11 @@ def define_flags(argv):
     except Exception as e:  # a value that does not parse for its key's type
         fail(str(e).strip().splitlines()[-1])
     flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "info", "encode_latents",
-                                         "reflow_pairs"],
+                                         "reflow_pairs", "posthoc_ema"],
                       "what to run (encode_latents: write latent.cache_dir ahead of training; "
-                      "reflow_pairs: a flow run's (sample, noise) pairs in flow.coupling_dir)")
+                      "reflow_pairs: a flow run's (sample, noise) pairs in flow.coupling_dir; "
+                      "posthoc_ema: reconstruct ema.sigma_rel from the snapshots of "
+                      "--train_workdir, default --workdir, into WORKDIR/posthoc_ema/)")
     flags.DEFINE_string("prompt", "", "sample mode, text-conditional model: the caption to draw")
     flags.DEFINE_string("negative_prompt", "", "sample mode: the caption to guide away from")
 

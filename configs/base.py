@@ -82,6 +82,13 @@ def base_config() -> ml_collections.ConfigDict:
         # estimate from K uniformly drawn timesteps (K + 1 evaluations)
         bpd_num_examples=0, bpd_batch_size=500, bpd_divergence="rademacher", bpd_rtol=1e-5,
         bpd_atol=1e-5, bpd_timesteps=0))
+    # post-hoc EMA (Karras et al. 2024, EDM2 Sec. 3; training/ema_snapshots.py): sigma_rels, the
+    # power-function EMA profiles tracked in training (() = off); snapshot_every, the interval in
+    # optimiser steps of their snapshots in WORKDIR/ema_snapshots/<step>/ (0 = off; NVlabs counts
+    # images: 8Mi images at batch 2048 = 4096 steps); --mode=posthoc_ema reconstructs the EMA of
+    # width sigma_rel as of snapshot_step (0 = the last snapshot)
+    c.ema = ml_collections.ConfigDict(dict(sigma_rels=(), snapshot_every=0, sigma_rel=0.0,
+                                           snapshot_step=0))
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0,
                                                    process_id=-1))
     # device mesh: data x fsdp devices (-1 = the rest); fsdp > 1 shards parameters, EMA and

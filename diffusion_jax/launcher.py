@@ -16,10 +16,13 @@ from diffusion_jax import workdir as workdir_io
 from diffusion_jax.data.datasets import DATASETS, captions, open_dataset
 from diffusion_jax.errors import CheckpointError, ConfigError, choose
 from diffusion_jax.model_size import count_flops, count_params
-from diffusion_jax.training import loop
+from diffusion_jax.progress import Progress
+from diffusion_jax.training import ema_snapshots, loop
+from diffusion_jax.training.checkpoint import Checkpointer
 from diffusion_jax.training.optim import trainable_labels
 
-MODES = ("train", "sample", "eval", "info", "encode_latents", "reflow_pairs")
+MODES = ("train", "sample", "eval", "info", "encode_latents", "reflow_pairs",
+         "posthoc_ema")
 
 
 def training_settings(config) -> loop.Settings:
@@ -31,7 +34,9 @@ def training_settings(config) -> loop.Settings:
                          grad_accum_steps=t.grad_accum_steps, steps_per_call=t.steps_per_call,
                          random_flip=config.data.random_flip and not _cached_latents(config),
                          ema_warmup=t.ema_warmup,
-                         ema_rampup_ratio=t.ema_rampup_ratio)
+                         ema_rampup_ratio=t.ema_rampup_ratio,
+                         ema_sigma_rels=tuple(config.ema.sigma_rels),
+                         ema_snapshot_every=config.ema.snapshot_every)
 
 
 def _cached_latents(config) -> bool:
@@ -95,6 +100,8 @@ def _run_mode(config, workdir, mode, train_workdir, prompt, mesh, method, sample
                            runs.sampling_state(config, state),
                            name=f"step_{int(state.step)}")
         return 0
+    if mode == "posthoc_ema":
+        return posthoc_ema(config, workdir, train_workdir or workdir, mesh, method)
     method, state = runs.restore_or_pretrained(config, train_workdir or workdir, mesh)
     state = runs.sampling_state(config, state)
     method, state = runs.with_guide(config, method, state, mesh)
@@ -170,10 +177,65 @@ def validate(config, workdir: str, mode: str, train_workdir, mesh) -> None:
         if builders.guide_workdir(config):
             raise ConfigError("guidance.guide_workdir (autoguidance) is read by --mode=sample "
                               "and --mode=eval; train the main model and the guide without it")
+    elif mode == "posthoc_ema":
+        ema_snapshots.check_sigma_rel(config.ema.sigma_rel)
+        source = train_workdir or workdir
+        ema_snapshots.target_step(ema_snapshots.list_snapshots(source),
+                                  config.ema.snapshot_step, source)
+        if loop.latest_checkpoint(source) is None:
+            raise CheckpointError(f"no checkpoint in {source!r}: post-hoc EMA takes the "
+                                  f"parameters, aux state and optimizer state from its newest")
     elif (config.method not in builders.PRETRAINED_METHODS
           and loop.latest_checkpoint(train_workdir or workdir) is None):
         raise CheckpointError(f"no checkpoint in {train_workdir or workdir!r}: train there first "
                               f"(--mode=train) or pass --train_workdir")
+
+
+def posthoc_output(workdir: str, sigma_rel: float, step: int) -> str:
+    """The work directory `--mode=posthoc_ema` writes: WORKDIR/posthoc_ema/sigma_rel_<s>_step_<n>."""
+    return os.path.join(workdir, "posthoc_ema", f"sigma_rel_{sigma_rel:.4f}_step_{step}")
+
+
+def posthoc_ema(config, workdir: str, train_workdir: str, mesh, method) -> int:
+    """`--mode=posthoc_ema`: the EMA of width `ema.sigma_rel` as of snapshot `ema.snapshot_step`
+    (0: the last) reconstructed from the snapshots of `train_workdir` (`ema_snapshots.
+    reconstruct`), written as a work directory (`posthoc_output`) whose one checkpoint is the
+    newest checkpoint of `train_workdir` with that EMA as `ema_params`, at the snapshot's step,
+    without profiles. `--mode=sample|eval --train_workdir=<it>` restore it; use_ema (the default)
+    samples the reconstruction. `posthoc_ema.json` there lists the snapshots and coefficients."""
+    e = config.ema
+    optimizer = builders.build_optimizer(config)
+    source = Checkpointer(train_workdir, read_only=True)
+    source_step = source.latest_step()
+    abstract = loop.abstract_state(method, optimizer, mesh, source.power_ema_count())
+    state, _ = source.restore(abstract, source_step)
+    source.close()
+    snapshots = ema_snapshots.list_snapshots(train_workdir)
+    step = ema_snapshots.target_step(snapshots, e.snapshot_step, train_workdir)
+    is_main = jax.process_index() == 0
+    progress = Progress(sum(s.step <= step for s in snapshots), "posthoc_ema", unit="snapshot",
+                        enabled=is_main)
+    progress.note(f"sigma_rel {e.sigma_rel} at step {step} from the snapshots in "
+                  f"{ema_snapshots.snapshot_directory(train_workdir)}")
+    ema, info = ema_snapshots.reconstruct(train_workdir, e.sigma_rel, step, abstract.params,
+                                          on_snapshot=lambda done, total: progress.update(
+                                              1, line=True))
+    progress.close()
+    out = posthoc_output(workdir, e.sigma_rel, step)
+    os.makedirs(out, exist_ok=True)
+    info = dict(info, source_workdir=os.path.abspath(train_workdir), source_checkpoint=source_step)
+    checkpointer = Checkpointer(out, max_to_keep=1, async_save=False)
+    checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32), ema_params=ema,
+                                          power_emas=()), {"posthoc_ema": info})
+    checkpointer.close()
+    if is_main:
+        workdir_io.write_config(out, config)
+        with open(os.path.join(out, "posthoc_ema.json"), "w") as f:
+            json.dump(info, f, indent=2)
+        print(f"wrote the post-hoc EMA (sigma_rel {e.sigma_rel}, step {step}, "
+              f"{len(info['inputs'])} profiles) to {out}; sample or evaluate it with "
+              f"--mode=sample|eval --train_workdir={out}", flush=True)
+    return 0
 
 
 def _check_fine_tuning(config, workdir: str) -> None:

@@ -96,7 +96,7 @@ def test_missing_tfds_data_set_is_a_clear_error(tmp_path):
 
 def test_unknown_data_set_lists_the_valid_names():
     with pytest.raises(DataError, match="valid: .*cifar10.*digits"):
-        open_dataset("imagenet64", "train")
+        open_dataset("imagenet32", "train")
 
 
 def test_importing_the_package_does_not_import_tfds():

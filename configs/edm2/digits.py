@@ -24,6 +24,7 @@ def get_config(arg=None):
                         channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
                         channels_per_head=16, dropout=0.0)
     config.edm2.update(P_mean=-1.2, P_std=1.2)
+    config.ema.update(sigma_rels=(), snapshot_every=0, sigma_rel=0.0)  # EDM's EMA, as EDM digits
     config.training.update(num_steps=2000, batch_size=BATCH, checkpoint_every=1000,
                            log_every=100, ema_decay=0.999, ema_warmup="edm",
                            ema_rampup_ratio=0.05)

@@ -5,7 +5,7 @@
 The MP U-Net with 256 channels and dropout 0.1 on 64x64x4 latents, class-conditional:
 497,807,781 parameters (497.8M); ref lr 0.0090, 2048 Mi images at batch 2048
 (1,048,576 steps), P_mean -0.4, P_std 1.0, t_ref 70k iterations. The rest of the recipe and
-its departures (bfloat16, traditional EMA, the latent placeholder data set): `recipe.py`.
+its departures (bfloat16, the extra traditional EMA): `recipe.py`.
 """
 from configs.edm2 import recipe
 

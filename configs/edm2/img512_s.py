@@ -5,7 +5,7 @@
 The MP U-Net with 192 channels and dropout 0 on 64x64x4 latents, class-conditional:
 280,212,837 parameters (280.2M); ref lr 0.0100, 2048 Mi images at batch 2048
 (1,048,576 steps), P_mean -0.4, P_std 1.0, t_ref 70k iterations. The rest of the recipe and
-its departures (bfloat16, traditional EMA, the latent placeholder data set): `recipe.py`.
+its departures (bfloat16, the extra traditional EMA): `recipe.py`.
 """
 from configs.edm2 import recipe
 

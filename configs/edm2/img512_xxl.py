@@ -5,7 +5,7 @@
 The MP U-Net with 448 channels and dropout 0.1 on 64x64x4 latents, class-conditional:
 1,523,164,773 parameters (1,523.2M); ref lr 0.0065, 896 Mi images at batch 2048
 (458,752 steps), P_mean -0.4, P_std 1.0, t_ref 70k iterations. The rest of the recipe and
-its departures (bfloat16, traditional EMA, the latent placeholder data set): `recipe.py`.
+its departures (bfloat16, the extra traditional EMA): `recipe.py`.
 """
 from configs.edm2 import recipe
 

@@ -12,11 +12,16 @@ NVlabs/edm2 `train_edm2.py` config_presets and `training/training_loop.py` defau
   iterations at 512, 35k at 64), batch 2048; duration in images as the preset says.
 - Sampler: EDM's Heun, 32 steps, sigma 0.002..80, rho 7, no churn: 63 network evaluations.
 
+- Post-hoc EMA (Sec. 3; NVlabs `PowerFunctionEMA(stds=[0.050, 0.100])`, `snapshot_nimg`
+  8Mi): the two power-function profiles tracked in training and snapshotted every 8Mi images
+  (4096 steps); `--mode=posthoc_ema` reconstructs `ema.sigma_rel`, the FID-optimal width of
+  the preset (Table 2 / NVlabs `generate_images.py` presets; 0.135 ... 0.070 at 512, unknown
+  for img64, so 0 there: set it). Sample from the reconstruction's work directory.
+
 Departures from NVlabs' training: the networks compute in bfloat16 (NVlabs: float16 with loss
-scaling 1 and non-finite gradients zeroed; neither is needed in bfloat16); the EMA is EDM's
-traditional EMA with a 50 Mimg half-life and ramp-up ratio 0.05 (EDM's ImageNet-64 setting)
-instead of the power-function EMA of Sec. 3 whose post-hoc reconstruction gives the paper's
-numbers (sigma_rel per size in the config docstrings); `training.grad_accum_steps` (1 here)
+scaling 1 and non-finite gradients zeroed; neither is needed in bfloat16); the run also keeps
+a traditional EMA (50 Mimg half-life, ramp-up ratio 0.05, EDM's ImageNet-64 setting) as
+`ema_params`, which NVlabs does not; `training.grad_accum_steps` (1 here)
 splits the 2048-image batch when it does not fit the devices, as NVlabs' `batch_gpu` does.
 ImageNet-512 (`imagenet512`, TFDS imagenet2012 centre-cropped as ADM, as NVlabs'
 dataset_tool `center-crop-dhariwal` does) trains on sd-vae-ft-mse latents (`latent.vae`, its
@@ -39,6 +44,9 @@ PRESETS = {  # NVlabs config_presets: ref lr, duration (Mi images) at 512 and at
     "xs": (0.0120, 2048, 1024), "s": (0.0100, 2048, 1024), "m": (0.0090, 2048, 2048),
     "l": (0.0080, 1792, 1024), "xl": (0.0070, 1280, 640), "xxl": (0.0065, 896, None),
 }
+# the FID-optimal post-hoc EMA width without guidance at 512 (NVlabs generate_images.py presets)
+SIGMA_REL_512 = {"xs": 0.135, "s": 0.130, "m": 0.100, "l": 0.085, "xl": 0.085, "xxl": 0.070}
+SNAPSHOT_IMAGES = 8 * MI
 
 
 def get_config(resolution: str, size: str) -> ml_collections.ConfigDict:
@@ -62,6 +70,8 @@ def get_config(resolution: str, size: str) -> ml_collections.ConfigDict:
                            grad_accum_steps=1, checkpoint_every=4096, log_every=128,
                            ema_decay=0.5 ** (BATCH / 50e6), ema_warmup="edm",
                            ema_rampup_ratio=0.05)
+    config.ema.update(sigma_rels=(0.05, 0.10), snapshot_every=SNAPSHOT_IMAGES // BATCH,
+                      sigma_rel=SIGMA_REL_512[size] if resolution == "img512" else 0.0)
     config.optim.update(name="adam", schedule="inverse_sqrt", lr=lr, ref_batches=float(t_ref),
                         rampup_images=10e6, warmup_steps=0, grad_clip=0.0, beta1=0.9,
                         beta2=0.99, eps=1e-8)

@@ -11,6 +11,7 @@ during the write is never listed (orbax commits a step directory only when it is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import sys
@@ -18,6 +19,7 @@ import threading
 from typing import Optional
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 from diffusion_jax.errors import CheckpointError
 
@@ -47,6 +49,16 @@ def _abandoned_reads_silenced():
         sys.unraisablehook, threading.excepthook, sys.excepthook = hooks
 
 
+def _item(state):
+    """A train state as orbax saves it: a dict of its fields, without `power_emas` when it holds
+    none, so a run without post-hoc EMA has exactly the checkpoint layout it always had (and old
+    checkpoints restore)."""
+    if not dataclasses.is_dataclass(state) or not hasattr(state, "power_emas"):
+        return state
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.name != "power_emas" or len(state.power_emas)}
+
+
 class Checkpointer:
     """`workdir/checkpoints/<step>/{state, loader}`; keeps the newest `max_to_keep`."""
 
@@ -69,12 +81,28 @@ class Checkpointer:
     def save(self, step: int, state, loader_state: dict) -> None:
         """`loader_state`: a JSON-able dict (the data position and the pending metrics)."""
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), loader=ocp.args.JsonSave(loader_state)))
+            state=ocp.args.StandardSave(_item(state)), loader=ocp.args.JsonSave(loader_state)))
+
+    def power_ema_count(self, step: Optional[int] = None) -> int:
+        """How many post-hoc EMA profiles checkpoint `step` holds (default: the newest whose
+        metadata reads; 0 when none does, and `restore` then says why)."""
+        steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        for candidate in steps:
+            try:
+                tree = ocp.StandardCheckpointHandler().metadata(
+                    epath.Path(self.directory) / str(candidate) / "state").tree
+            except Exception:
+                continue
+            return len(tree.get("power_emas", ())) if isinstance(tree, dict) else 0
+        return 0
 
     def _restore_step(self, abstract_state, step: int):
+        item = _item(abstract_state)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), loader=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["loader"])
+            state=ocp.args.StandardRestore(item), loader=ocp.args.JsonRestore()))
+        state = restored["state"]
+        return (state if item is abstract_state else abstract_state.replace(**state),
+                dict(restored["loader"]))
 
     def restore(self, abstract_state, step: Optional[int] = None):
         """(state, loader dict) of `step`, or of the newest checkpoint that restores.

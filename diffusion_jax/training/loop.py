@@ -25,6 +25,8 @@ from diffusion_jax.data.loader import BatchLoader, LoaderState
 from diffusion_jax.errors import ConfigError, TrainingDiverged
 from diffusion_jax.progress import Progress
 from diffusion_jax.training.checkpoint import Checkpointer
+from diffusion_jax.training.ema_snapshots import SnapshotWriter
+from diffusion_jax.training.posthoc_ema import sigma_rel_to_gamma
 from diffusion_jax.training.state import TrainState, create_train_state
 from diffusion_jax.training.step import EMA_WARMUPS, ema_schedule, jit_train_step
 
@@ -45,6 +47,21 @@ class Settings:
     random_flip: bool = False
     ema_warmup: str = "none"  # `step.ema_schedule`: none | power | edm
     ema_rampup_ratio: float = 0.05
+    # post-hoc EMA (EDM2): the tracked profiles' sigma_rels (() = off) and the snapshot interval
+    # in optimiser steps (`ema_snapshots`)
+    ema_sigma_rels: tuple = ()
+    ema_snapshot_every: int = 0
+
+    def power_ema_gammas(self) -> tuple:
+        """The exponents of `ema_sigma_rels` (Eq. 126); ConfigError for one out of range."""
+        if not self.ema_sigma_rels:
+            return ()
+        try:
+            gammas = sigma_rel_to_gamma(np.asarray(self.ema_sigma_rels, np.float64))
+        except ConfigError:
+            raise ConfigError(f"ema.sigma_rels must each be in (0, 0.289), got "
+                              f"{tuple(self.ema_sigma_rels)}") from None
+        return tuple(float(g) for g in gammas)
 
     def check(self, num_devices: int) -> None:
         """ConfigError for settings no run can use on `num_devices` devices."""
@@ -57,6 +74,14 @@ class Settings:
                               f"{', '.join(EMA_WARMUPS)}")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ConfigError(f"training.ema_decay must be in [0, 1], got {self.ema_decay}")
+        self.power_ema_gammas()
+        if len(set(self.ema_sigma_rels)) != len(self.ema_sigma_rels):
+            raise ConfigError(f"ema.sigma_rels has duplicates: {tuple(self.ema_sigma_rels)}")
+        if self.ema_snapshot_every < 0 or bool(self.ema_sigma_rels) != bool(
+                self.ema_snapshot_every):
+            raise ConfigError(f"ema.sigma_rels {tuple(self.ema_sigma_rels)} and "
+                              f"ema.snapshot_every {self.ema_snapshot_every}: set both (profiles "
+                              f"and a snapshot interval >= 1 in steps) or neither")
         if self.batch_size % (num_devices * self.grad_accum_steps):
             raise ConfigError(f"training.batch_size {self.batch_size} is not divisible by the "
                               f"{num_devices} devices x training.grad_accum_steps "
@@ -77,29 +102,33 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _create(method, optimizer, seed: int, params=None, ema_params=None) -> TrainState:
+def _create(method, optimizer, seed: int, params=None, ema_params=None,
+            num_power_emas: int = 0) -> TrainState:
     """The step-0 state of `seed`: parameters initialised from it (as `constrain_params`
-    stores them) unless `params` (and `ema_params`) are given, then the method's aux state and
-    a fresh optimizer state."""
+    stores them) unless `params` (and `ema_params`) are given, then the method's aux state, a
+    fresh optimizer state and `num_power_emas` post-hoc EMA profiles."""
     init_rng, train_rng, aux_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = method.constrain_params(method.init_params(init_rng)) if params is None else params
-    state = create_train_state(params, optimizer, train_rng, method.init_aux(params, aux_rng))
+    state = create_train_state(params, optimizer, train_rng, method.init_aux(params, aux_rng),
+                               num_power_emas)
     return state if ema_params is None else state.replace(ema_params=ema_params)
 
 
 def initial_state(method, optimizer, seed: int, mesh, resources: Callable[[], dict] = dict,
-                  initial: Optional[Callable] = None) -> TrainState:
+                  initial: Optional[Callable] = None, num_power_emas: int = 0) -> TrainState:
     """The state at step 0, laid out over the mesh as `parallel.state_shardings` says
     (replicated, or split over its `fsdp` axis): parameters initialised from the seed, or
     `initial(params) -> (params, ema_params)` of them (fine-tuning: another run's weights, on
     `mesh`), then `method.start(params, aux, resources())` with the method's restored
-    requirements (e.g. a student that starts from its teacher); EMA and optimizer state follow
-    changed parameters."""
-    shardings = jax.tree.map(lambda s: s.sharding, abstract_state(method, optimizer, mesh))
-    state = jax.jit(lambda: _create(method, optimizer, seed), out_shardings=shardings)()
+    requirements (e.g. a student that starts from its teacher); EMA, post-hoc EMA profiles and
+    optimizer state follow changed parameters."""
+    shardings = jax.tree.map(lambda s: s.sharding,
+                             abstract_state(method, optimizer, mesh, num_power_emas))
+    state = jax.jit(lambda: _create(method, optimizer, seed, num_power_emas=num_power_emas),
+                    out_shardings=shardings)()
     if initial is not None:
         params, ema_params = initial(state.params)
-        state = jax.jit(lambda p, e: _create(method, optimizer, seed, p, e),
+        state = jax.jit(lambda p, e: _create(method, optimizer, seed, p, e, num_power_emas),
                         out_shardings=shardings)(params, ema_params)
     restored = resources()
     if not restored:
@@ -107,15 +136,18 @@ def initial_state(method, optimizer, seed: int, mesh, resources: Callable[[], di
     params, aux = method.start(state.params, state.aux, restored)
     if params is not state.params:
         state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params),
-                              opt_state=optimizer.init(params))
+                              opt_state=optimizer.init(params),
+                              power_emas=tuple(jax.tree.map(jnp.copy, params)
+                                               for _ in range(num_power_emas)))
     return jax.jit(lambda s: s, out_shardings=shardings)(state.replace(aux=aux))
 
 
-def abstract_state(method, optimizer, mesh) -> TrainState:
-    """Shapes, dtypes and shardings (`parallel.state_shardings` on `mesh`) of the train state,
-    computing nothing; restoring a checkpoint into it reshards onto this mesh, whatever the
-    device count it was saved with."""
-    shapes = jax.eval_shape(lambda: _create(method, optimizer, 0))
+def abstract_state(method, optimizer, mesh, num_power_emas: int = 0) -> TrainState:
+    """Shapes, dtypes and shardings (`parallel.state_shardings` on `mesh`) of the train state
+    (with `num_power_emas` post-hoc EMA profiles), computing nothing; restoring a checkpoint
+    into it reshards onto this mesh, whatever the device count it was saved with."""
+    shapes = jax.eval_shape(lambda: _create(method, optimizer, 0,
+                                            num_power_emas=num_power_emas))
     return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                                  sharding=sharding),
                         shapes, parallel.state_shardings(mesh, shapes))
@@ -130,9 +162,11 @@ def latest_checkpoint(workdir: str) -> Optional[int]:
 
 def restore_state(method, optimizer, workdir: str, mesh, step: Optional[int] = None
                   ) -> TrainState:
-    """The state of checkpoint `step` (default: the newest) in `workdir`, onto `mesh`."""
-    state, _ = Checkpointer(workdir, read_only=True).restore(
-        abstract_state(method, optimizer, mesh), step)
+    """The state of checkpoint `step` (default: the newest) in `workdir`, onto `mesh`, with the
+    post-hoc EMA profiles it holds (whatever the config says of them)."""
+    checkpointer = Checkpointer(workdir, read_only=True)
+    count = checkpointer.power_ema_count(step) if checkpointer.latest_step() is not None else 0
+    state, _ = checkpointer.restore(abstract_state(method, optimizer, mesh, count), step)
     return state
 
 
@@ -198,16 +232,20 @@ def train(method, optimizer, mesh, settings: Settings, workdir: str,
     Every step's metrics are fetched while the next step runs, so a non-finite loss stops the
     run (TrainingDiverged) before a non-finite state is checkpointed, and SIGTERM is seen within
     a step. The metrics of the steps since the last log line are kept in each checkpoint, so a
-    resumed run logs the same rows as an uninterrupted one (timings aside).
+    resumed run logs the same rows as an uninterrupted one (timings aside). With
+    `ema_sigma_rels` the state carries their power-function EMAs (EDM2), snapshotted every
+    `ema_snapshot_every` steps into `workdir/ema_snapshots` (`ema_snapshots.SnapshotWriter`); a
+    resumed run writes the snapshots an uninterrupted one does, none twice.
     """
     t = settings
+    gammas = t.power_ema_gammas()
     checkpointer = Checkpointer(workdir, max_to_keep=t.max_checkpoints)
-    abstract = abstract_state(method, optimizer, mesh)
+    abstract = abstract_state(method, optimizer, mesh, len(gammas))
     saved = None
     if checkpointer.latest_step() is not None:
         state, saved = checkpointer.restore(abstract)
     else:
-        state = initial_state(method, optimizer, t.seed, mesh, resources, initial)
+        state = initial_state(method, optimizer, t.seed, mesh, resources, initial, len(gammas))
     source, decode = training_data(state.aux)
     loader = BatchLoader(source, decode, global_batch=t.batch_size, seed=t.seed,
                          random_flip=t.random_flip,
@@ -223,7 +261,17 @@ def train(method, optimizer, mesh, settings: Settings, workdir: str,
     shardings = jax.tree.map(lambda s: s.sharding, abstract)
     ema = ema_schedule(t.ema_decay, t.ema_warmup, t.batch_size, t.ema_rampup_ratio)
     step_fns = {n: jit_train_step(method, optimizer, ema, mesh, shardings,
-                                  t.grad_accum_steps, n) for n in {1, t.steps_per_call}}
+                                  t.grad_accum_steps, n, gammas) for n in {1, t.steps_per_call}}
+    snapshots = (SnapshotWriter(workdir, t.ema_sigma_rels, t.batch_size)
+                 if t.ema_snapshot_every else None)
+
+    def snapshot(step, state):
+        """The profiles at a multiple of `ema_snapshot_every` (also at a resumed run's start: a
+        kill between its checkpoint and its snapshot leaves the snapshot to write)."""
+        if snapshots is not None and step > 0 and step % t.ema_snapshot_every == 0:
+            snapshots.save(step, state.power_emas)
+
+    snapshot(step, state)
 
     def absorb(call):
         for key, values in _finite_values(*call, last_checkpoint).items():
@@ -234,7 +282,8 @@ def train(method, optimizer, mesh, settings: Settings, workdir: str,
     with stop_on_sigterm() as sigterm:
         batches = iter(loader)
         sizes = call_sizes(step, t.num_steps, t.steps_per_call,
-                           (t.log_every, t.checkpoint_every))
+                           (t.log_every, t.checkpoint_every)
+                           + ((t.ema_snapshot_every,) if t.ema_snapshot_every else ()))
         # each call's batches carry the loader position after them: the prefetch reads ahead
         device_batches = parallel.prefetch_to_device(grouped_batches(batches, loader, sizes), mesh)
         try:
@@ -269,6 +318,7 @@ def train(method, optimizer, mesh, settings: Settings, workdir: str,
                                     img_per_s=round(means["images_per_s"]))
                 else:
                     progress.update(n)
+                snapshot(step, state)
                 if save_now:
                     checkpointer.save(step, state, {**data_position.as_dict(), "pending": pending})
                     last_checkpoint = step
@@ -283,4 +333,7 @@ def train(method, optimizer, mesh, settings: Settings, workdir: str,
             progress.close()
             checkpointer.wait()
             checkpointer.close()
+            if snapshots is not None:
+                snapshots.wait()
+                snapshots.close()
     return state, interrupted

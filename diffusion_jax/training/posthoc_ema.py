@@ -63,6 +63,24 @@ def update_power_emas(emas: Sequence, params, gammas: Sequence[float], t, batch)
                  for ema, gamma in zip(emas, gammas, strict=True))
 
 
+def power_ema_weight(gamma, n):
+    """1 - beta of Eq. 127 after the n-th step of a constant batch (t = n batch, so beta =
+    (1 - 1/n)^(gamma + 1)), as -expm1((gamma + 1) log1p(-1/n)): in float32 both 1 - 1/n and
+    1 - beta lose their relative precision once 1/n nears the float epsilon (at n = 1e6, gamma 7
+    the direct form is a few per cent off), these forms do not. 1 at n = 1. Works on traced n."""
+    return -jnp.expm1((gamma + 1.0) * jnp.log1p(-1.0 / jnp.asarray(n, jnp.float32)))
+
+
+def update_power_emas_at_step(emas: Sequence, params, gammas: Sequence[float], n) -> tuple:
+    """`update_power_emas` after the n-th optimiser step of a constant batch (t = n batch): each
+    ema <- (1 - w) ema + w params with w = `power_ema_weight(gamma, n)`."""
+    out = []
+    for ema, gamma in zip(emas, gammas, strict=True):
+        w = power_ema_weight(float(gamma), n)
+        out.append(jax.tree.map(lambda e, p: (1.0 - w) * e + w * p, ema, params))
+    return tuple(out)
+
+
 def profile_inner_product(t_a, gamma_a, t_b, gamma_b):
     """<p_a, p_b> = int p_{t_a, gamma_a}(tau) p_{t_b, gamma_b}(tau) dtau =
     (gamma_a + 1) (gamma_b + 1) (t_a / t_b)^e / ((gamma_a + gamma_b + 1) max(t_a, t_b)),

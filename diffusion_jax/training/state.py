@@ -18,9 +18,15 @@ class TrainState:
     # state a method keeps besides its trained parameters ({} for most): a frozen teacher, a
     # target network, a frozen autoencoder (`method.init_aux`, docs/ARCHITECTURE.md)
     aux: Any
+    # one power-function EMA of params per `ema.sigma_rels` (EDM2 post-hoc EMA,
+    # `posthoc_ema.update_power_emas_at_step`); () when off, and then not in checkpoints
+    power_emas: Any = ()
 
 
-def create_train_state(params, optimizer, rng: jax.Array, aux=None) -> TrainState:
+def create_train_state(params, optimizer, rng: jax.Array, aux=None,
+                       num_power_emas: int = 0) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree.map(jnp.copy, params),
-                      opt_state=optimizer.init(params), rng=rng, aux={} if aux is None else aux)
+                      opt_state=optimizer.init(params), rng=rng, aux={} if aux is None else aux,
+                      power_emas=tuple(jax.tree.map(jnp.copy, params)
+                                       for _ in range(num_power_emas)))

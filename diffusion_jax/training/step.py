@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_jax import parallel
-from diffusion_jax.training.posthoc_ema import traditional_ema_beta
+from diffusion_jax.training.posthoc_ema import traditional_ema_beta, update_power_emas_at_step
 from diffusion_jax.training.state import TrainState
 
 LossFn = Callable  # (params, batch, rng, aux, step) -> (scalar loss, dict of scalar metrics)
@@ -72,7 +72,8 @@ def accumulated_value_and_grad(loss_fn: Callable, params, batch, rng, num_micro_
 
 def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_decay,
                grad_accum_steps: int = 1, update_aux: Optional[Callable] = None,
-               constrain_params: Optional[Callable] = None):
+               constrain_params: Optional[Callable] = None,
+               power_ema_gammas: tuple = ()):
     """One optimiser step on the global batch; the step's randomness is fold_in(rng, step).
 
     `loss_fn` sees the state's aux and step; `update_aux(aux, new_params, step)` (a method's
@@ -80,7 +81,9 @@ def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_deca
     of the step (`ema_schedule`). `constrain_params(params)` (EDM2's forced weight
     normalisation) makes the stored parameters of the optimiser's output, after the EMA and
     `update_aux` have averaged that output as it is (NVlabs/edm2 normalises at the next
-    forward pass, after its EMA update)."""
+    forward pass, after its EMA update). `power_ema_gammas`: the exponents of
+    `state.power_emas`, each updated with EDM2's Eq. 127 beta at t = images seen after the
+    step, on the same unconstrained output."""
     step_rng = jax.random.fold_in(state.rng, state.step)
     loss = lambda params, batch, rng: loss_fn(params, batch, rng, state.aux, state.step)
     (loss, metrics), grads = accumulated_value_and_grad(loss, state.params, batch, step_rng,
@@ -94,6 +97,9 @@ def train_step(state: TrainState, batch, *, loss_fn: LossFn, optimizer, ema_deca
                                                     ema_decay(state.step) if callable(ema_decay)
                                                     else ema_decay),
                               opt_state=opt_state, aux=aux)
+    if power_ema_gammas:
+        new_state = new_state.replace(power_emas=update_power_emas_at_step(
+            state.power_emas, params, power_ema_gammas, state.step + 1))
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
     return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
@@ -106,15 +112,18 @@ def train_steps(state: TrainState, batches, **step_kwargs):
 
 
 def jit_train_step(method, optimizer, ema_decay, mesh, state_sharding=None,
-                   grad_accum_steps: int = 1, steps_per_call: int = 1):
+                   grad_accum_steps: int = 1, steps_per_call: int = 1,
+                   power_ema_gammas: tuple = ()):
     """jax.jit of `train_step` for `method` (its loss and `update_aux`) with the state in
     `state_sharding` (default replicated), the batch split over every device, and the old
     state's buffers donated. With `steps_per_call` k > 1 it is `train_steps`: the batch has a
-    leading axis of k global batches and each metric comes back as k values."""
+    leading axis of k global batches and each metric comes back as k values.
+    `power_ema_gammas`: the exponents of the state's post-hoc EMA profiles (`train_step`)."""
     rep, state_sharding = parallel.replicated(mesh), state_sharding or parallel.replicated(mesh)
     kwargs = dict(loss_fn=method.loss, optimizer=optimizer, ema_decay=ema_decay,
                   grad_accum_steps=grad_accum_steps, update_aux=method.update_aux,
-                  constrain_params=method.constrain_params)
+                  constrain_params=method.constrain_params,
+                  power_ema_gammas=tuple(power_ema_gammas))
     if steps_per_call == 1:
         fn, leading = (lambda state, batch: train_step(state, batch, **kwargs)), 0
     else:
