@@ -63,15 +63,15 @@ class GaussianMixture:
 
     def denoiser(self, x: jax.Array, sigma: jax.Array | float,
                  cond: Optional[jax.Array] = None) -> jax.Array:
-        """D(x, sigma) = E[x0 | x0 + sigma n = x] (per class if `cond` is given)."""
+        """D(x, sigma) = E[x0 | x0 + sigma n = x] (per class if `cond` is given): per component
+        mu_k + C_k (C_k + sigma^2 I)^-1 (x - mu_k) = mu_k + U_k diag(lam / (lam + sigma^2))
+        U_k^T (x - mu_k), weighted by the posterior responsibilities."""
         sigma = _per_example(sigma, x)
-        logp = self._component_log_probs(x, sigma) + self._class_mask(cond, x.shape[0])
+        lam, u, y = self._whitened(x)
+        logp = self._log_probs_in_eigenbasis(lam, y, sigma) + self._class_mask(cond, x.shape[0])
         resp = jax.nn.softmax(logp, axis=-1)  # (B, K)
-        eye = jnp.eye(self.dim)
-        noisy_cov = self.covs[None] + (sigma**2)[:, None, None, None] * eye  # (B, K, d, d)
-        diff = x[:, None, :] - self.means[None]  # (B, K, d)
-        solved = jnp.linalg.solve(noisy_cov, diff[..., None])[..., 0]
-        post_mean = self.means[None] + jnp.einsum("kij,bkj->bki", self.covs, solved)
+        shrink = lam[None] / (lam[None] + (sigma**2)[:, None, None])  # (B, K, d)
+        post_mean = self.means[None] + jnp.einsum("kij,bkj->bki", u, shrink * y)
         return jnp.einsum("bk,bkd->bd", resp, post_mean)
 
     def score(self, x: jax.Array, sigma: jax.Array | float,
@@ -88,13 +88,24 @@ class GaussianMixture:
         return (alpha[:, None] * x0 - x) / (sigma**2)[:, None]
 
     def _component_log_probs(self, x, sigma):
-        sigma = _per_example(sigma, x)
-        noisy_cov = self.covs[None] + (sigma**2)[:, None, None, None] * jnp.eye(self.dim)
-        diff = x[:, None, :] - self.means[None]
-        chol = jnp.linalg.cholesky(noisy_cov)
-        white = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        quad = jnp.sum(white**2, axis=-1)
+        lam, _, y = self._whitened(x)
+        return self._log_probs_in_eigenbasis(lam, y, _per_example(sigma, x))
+
+    def _whitened(self, x):
+        """Each component's eigendecomposition C_k = U_k diag(lam_k) U_k^T and the coordinates
+        y = U_k^T (x - mu_k), (B, K, d). One small eigh of the K covariances instead of a
+        (B, K)-batched solve or Cholesky per call: jaxlib's batched CPU LAPACK kernels split
+        their batch over the intra-op thread pool and wait for it, and two of them running at
+        once in one program deadlock a 2-core host (jaxlib 0.10.2)."""
+        lam, u = jnp.linalg.eigh(self.covs)
+        y = jnp.einsum("kji,bkj->bki", u, x[:, None, :] - self.means[None])
+        return jnp.maximum(lam, 0.0), u, y
+
+    def _log_probs_in_eigenbasis(self, lam, y, sigma):
+        """log w_k + log N(x; mu_k, C_k + sigma^2 I) from the eigenbasis coordinates."""
+        var = lam[None] + (sigma**2)[:, None, None]  # (B, K, d)
+        quad = jnp.sum(y**2 / var, axis=-1)
+        logdet = jnp.sum(jnp.log(var), axis=-1)
         return jnp.log(self.weights) - 0.5 * (quad + logdet + self.dim * jnp.log(2 * jnp.pi))
 
     def _class_mask(self, cond, n):
