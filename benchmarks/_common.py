@@ -16,6 +16,7 @@ from configs.edm import cifar10_uncond as edm_cifar10
 from configs.flow import imagenet256_sit_xl2 as sit_xl2
 from configs.score_sde import cifar10_ddpmpp_continuous as score_sde_cifar10
 from diffusion_jax import builders, parallel
+from diffusion_jax.methods.latent import LatentDiffusion
 
 # name -> (config file, get_config, image channels): the CIFAR-10 networks of the three papers
 # and SiT-XL/2 (the DiT-XL/2 backbone with learn_sigma) on 256x256 ImageNet latents (32x32x4)
@@ -62,8 +63,11 @@ def channels(network: str) -> int:
 
 
 def build_method(config, image_size: int, num_channels: int = 3):
-    """The config's method on image_size x image_size x num_channels images."""
+    """The config's method on image_size x image_size x num_channels images; a latent model's
+    inner method (the backbone timed on latent-shaped inputs, without the VAE)."""
     method = builders.build_method(config)
+    if isinstance(method, LatentDiffusion):
+        method = method.inner
     return dataclasses.replace(method, image_shape=(image_size, image_size, num_channels))
 
 

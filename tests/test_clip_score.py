@@ -142,6 +142,7 @@ def sd_eval_config(data_dir, **eval_options):
     return config
 
 
+@pytest.mark.slow
 def test_eval_mode_of_stable_diffusion_gives_fid_against_the_folder_and_clip_score(
         tmp_path, monkeypatch):
     """`--mode=eval` on the tiny SD 1.5 directory: samples of the folder's test captions in

@@ -144,6 +144,7 @@ def weight_rms(params):
                            for path, w in flat if path[-1].key == "weight"])
 
 
+@pytest.mark.slow
 def test_weights_are_renormalised_after_each_optimiser_step():
     config = tiny_config()
     method = builders.build_method(config)

@@ -241,6 +241,7 @@ def test_lora_is_w_x_plus_alpha_over_r_b_a_x_and_starts_as_the_base_network():
     np.testing.assert_allclose(layer.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_lora_run_from_a_base_run_starts_as_it_trains_only_adapters_and_merges(source):
     workdir, src = source
     config = lora_config(init_from=workdir)

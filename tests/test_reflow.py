@@ -52,6 +52,7 @@ def train(method, batches, steps=2500, seed=0):
     return run(params)
 
 
+@pytest.mark.slow
 def test_two_rectified_flows_are_straighter_than_one_rectified():
     """1-rectified: flow matching on independent (x, eps); its ODE pairs each noise with a
     sample (`reflow.make_pair_fn`); 2-rectified: the same training on those fixed pairs. Its

@@ -328,6 +328,7 @@ def test_digits_configs_build_the_edm_digits_network():
         assert count(shapes["net"]) == 188_769 and count(shapes["logvar"]) == 129
 
 
+@pytest.mark.slow
 def test_a_student_started_from_an_edm_teacher_is_its_trigflow_form():
     """With c_noise 'edm', `start` puts the teacher's weights into the student, whose f is then
     the teacher's one-step denoiser D(x_t / cos t, sigma_d tan t) (random teacher weights); the
