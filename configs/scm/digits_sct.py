@@ -9,6 +9,14 @@ adaptive weighting; Adam 1e-3 (beta2 0.99, as sCM-mnist) with 100 warm-up steps,
 clipping at 1, 3000 steps of batch 128, EMA 0.999. Sampling: one step from t_max =
 arctan(80 / 0.5); `--config.sampling.method=multistep --config.sampling.num_steps=2` for two
 (t_mid = 1.1).
+
+Measured (2026-12-07, 2 CPU cores shared with a test run; 10 min of training; --mode=eval,
+1000 samples, digits features): digits Frechet distance 8.53 in one step, 6.64 in two, against
+3.07 for `configs/edm/digits.py` at 35 NFE (2000 steps of the same network):
+
+    python3 launch.py --config=configs/scm/digits_sct.py --workdir=runs/sct
+    python3 launch.py --config=configs/scm/digits_sct.py --mode=eval --train_workdir=runs/sct \
+        --workdir=runs/sct_eval [--config.sampling.method=multistep --config.sampling.num_steps=2]
 """
 from configs import base
 from configs.edm import digits as edm_digits
