@@ -7,6 +7,11 @@ init for the small width) at the budget of `configs/edm/digits.py` and
 `configs/flow/digits_rectified_flow.py` (2000 steps of batch 128, Adam 1e-3 with warmup 200, EMA 0.999 with EDM's ramp-up); Adam's
 beta2 0.95 as MeanFlow's. Sampled in one step (`--config.sampling.num_steps=2` for two).
 Not a paper setting.
+
+Measured (2026-12-07, 2 CPU cores shared with a test run; --mode=eval, 1000 samples, digits
+features): digits Frechet distance 25.6 in one step, 17.6 in two, far behind rectified flow's
+2.39 (64 NFE) and EDM's 3.07 (35 NFE) at the same 2000 steps: at this budget and size the
+average-velocity model has not learned digits yet; the recipe is untuned here.
 """
 import ml_collections
 
