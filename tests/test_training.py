@@ -83,10 +83,15 @@ def test_two_processes_on_loopback_train_and_agree(tmp_path):
     them (the batch split over both), and end on the parameters of one process with two
     devices (data parallel; tests/test_sharding.py shows FSDP equals data parallel)."""
     port = portpicker.pick_unused_port()
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    # each worker compiles into its own empty cache: with the suite's shared one, a worker that
+    # finds the other's programs there runs ahead and its first collective (Gloo's context, a
+    # fixed 30 s wait) times out while the other still compiles
+    env = lambda i: dict(os.environ, PYTHONPATH=os.path.dirname(HERE),  # noqa: E731
+                         JAX_COMPILATION_CACHE_DIR=str(tmp_path / f"xla_cache_{i}"))
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "distributed_worker.py"),
                                str(port), str(i), str(tmp_path / "run"), "2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env(i))
              for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
