@@ -238,6 +238,16 @@ def test_std_scaling_is_unchanged_and_edm2_needs_four_latent_channels():
         latent_method("sd")
 
 
+def test_a_latent_scale_with_edm2_scaling_is_a_config_error_and_the_vae_factor_is_not_kept():
+    config = img512_xs.get_config()
+    assert builders.build_method(config).fixed_scale == 0.0  # not the VAE's 0.18215
+    config.latent.scale = 0.18215
+    with pytest.raises(ConfigError, match="no effect with latent.scaling='edm2'"):
+        builders.build_method(config)
+    config.latent.scaling = "std"
+    assert builders.build_method(config).fixed_scale == pytest.approx(0.18215)
+
+
 def test_edm2_needs_the_mp_unet():
     config = digits.get_config()
     config.model = tiny_edm_config().model

@@ -62,6 +62,10 @@ class LatentDiffusion(Method):
         if self.scaling == "edm2" and self.noise_shape[-1] != len(EDM2_RAW_MEAN):
             raise ConfigError(f"latent.scaling='edm2' holds the statistics of the 4 channels of "
                               f"sd-vae-ft-mse latents; these latents have {self.noise_shape[-1]}")
+        if self.scaling == "edm2" and self.fixed_scale:
+            raise ConfigError(f"latent.scale={self.fixed_scale} has no effect with "
+                              f"latent.scaling='edm2' (EDM2's per-channel statistics scale the "
+                              f"latents): set latent.scale=0 or latent.scaling='std'")
 
     @property
     def image_shape(self) -> tuple:
