@@ -14,13 +14,13 @@ from diffusion_jax import preconditioning
 from diffusion_jax.data.datasets import DATASETS, DatasetSpec
 from diffusion_jax.errors import ConfigError, choose
 from diffusion_jax.losses import consistency as consistency_objectives
-from diffusion_jax.losses import weighting
+from diffusion_jax.losses import lpips, weighting
 from diffusion_jax.methods import consistency, scm, score_sde
 from diffusion_jax.methods.autoencoder import Autoencoder
 from diffusion_jax.methods.ddpm import DDPM
 from diffusion_jax.methods.edm import EDM
 from diffusion_jax.methods.edm2 import EDM2
-from diffusion_jax.methods.flow import PREDICTIONS as FLOW_PREDICTIONS, Flow
+from diffusion_jax.methods.flow import DISTILL_LOSSES, PREDICTIONS as FLOW_PREDICTIONS, Flow
 from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.methods.meanflow import TIME_INPUTS as MEANFLOW_TIME_INPUTS, MeanFlow
 from diffusion_jax.methods.stable_diffusion import StableDiffusion
@@ -372,12 +372,35 @@ def build_flow(config, model, image_shape):
     if coupled and config.data.random_flip:
         raise ConfigError("flow.coupling_dir trains on fixed reflow pairs, which a flip would "
                           "break: set data.random_flip=False")
+    check_flow_distillation(f)
     return Flow(model=model, image_shape=image_shape, path=path, prediction=f.prediction,
                 t_distribution=f.t_distribution, logit_mean=f.logit_mean,
                 logit_std=f.logit_std, loss_weighting=f.loss_weighting, train_eps=f.train_eps,
                 time_scale=f.time_scale, num_classes=num_classes(config),
                 label_dropout=f.label_dropout, caption_length=caption_length(config),
-                coupled=coupled)
+                coupled=coupled, distill_steps=f.distill_steps, distill_loss=f.distill_loss,
+                lpips_weights=f.lpips_weights, lpips_resize=f.lpips_resize)
+
+
+def check_flow_distillation(f) -> None:
+    """`flow.distill_steps` k > 0 distils reflow pairs (`flow.coupling_dir`) for k Euler steps;
+    an LPIPS `flow.distill_loss` (one step only, as RectifiedFlow asserts) compares the one-step
+    sample eps - v of a velocity network on the linear path. The pairs and the weights file
+    `flow.lpips_weights` are needed when a run starts (`Flow.init_aux`), not to build."""
+    choose("distillation loss (flow.distill_loss)", f.distill_loss, DISTILL_LOSSES)
+    if f.distill_steps < 0:
+        raise ConfigError(f"flow.distill_steps must be >= 0, got {f.distill_steps}")
+    if f.distill_loss == "l2":
+        return
+    if f.distill_steps != 1:
+        raise ConfigError(f"flow.distill_loss={f.distill_loss!r} is one-step distillation: set "
+                          f"flow.distill_steps=1 (got {f.distill_steps})")
+    if f.prediction != "velocity" or f.interpolant != "linear" or f.sigma_min:
+        raise ConfigError("an LPIPS flow.distill_loss takes the one-step sample eps - v: it "
+                          "needs flow.prediction='velocity' on the linear path, sigma_min 0")
+    check_file("flow.lpips_weights", f.lpips_weights)
+    if f.lpips_resize < lpips.MIN_SIZE:
+        raise ConfigError(f"flow.lpips_resize must be >= {lpips.MIN_SIZE}, got {f.lpips_resize}")
 
 
 def build_meanflow(config, model, image_shape):
@@ -642,7 +665,8 @@ def build_released_vae_latent(config, latent) -> LatentDiffusion:
     """`config.method` on the latents of a released VAE (`importers.stable_diffusion.
     released_vae`): the architecture of `latent.vae` (a name of `RELEASED_VAES`, or a VAE
     directory), the weights of `latent.vae_dir` (restored when a run starts), the scale
-    `latent.scale` or else the VAE config's scaling factor (0.18215)."""
+    `latent.scale` or else the VAE config's scaling factor (0.18215; not with EDM2's
+    per-channel `latent.scaling='edm2'`)."""
     from diffusion_jax.importers import stable_diffusion as sd_importer
 
     vae, scaling_factor = sd_importer.released_vae(latent.vae_dir or latent.vae)
@@ -651,6 +675,8 @@ def build_released_vae_latent(config, latent) -> LatentDiffusion:
     return LatentDiffusion(inner=inner, autoencoder=autoencoder, autoencoder_workdir="",
                            dataset=config.data.dataset, scale_examples=latent.scale_examples,
                            cache_dir=latent.cache_dir, vae_dir=latent.get("vae_dir", ""),
-                           fixed_scale=latent_scale(latent, scaling_factor),
+                           fixed_scale=latent_scale(
+                               latent, scaling_factor if latent.get("scaling", "std") == "std"
+                               else 0.0),
                            scaling=latent.get("scaling", "std"),
                            cache_views=2 if config.data.random_flip else 1)

@@ -51,6 +51,19 @@ def random_params(shapes, seed=0, scale=0.1):
     return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
+def write_random_lpips_weights(path, seed=0):
+    """LPIPS weights (`losses.lpips`) drawn with numpy, non-negative as LPIPS' linear heads are,
+    saved to `path`; returns them."""
+    import jax
+    import numpy as np
+
+    from diffusion_jax.losses import lpips
+
+    weights = jax.tree.map(np.abs, random_params(lpips.abstract_lpips_params(), seed, 0.05))
+    lpips.save_lpips_params(str(path), weights)
+    return weights
+
+
 class ExactTeacher:
     """The exact denoiser of Gaussian-mixture `data` in a distillation teacher's role (what
     consistency distillation asks of a teacher method: `init_params`, `conditional_denoiser`,

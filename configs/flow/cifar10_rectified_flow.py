@@ -23,10 +23,13 @@ def flow_defaults(interpolant: str = "linear", prediction: str = "velocity") -> 
     the noise and score losses (none | velocity | likelihood), the network's time input
     time_scale t, classifier-free guidance training's label_dropout; coupling_dir: reflow pairs
     to train on (`diffusion_jax.reflow`: written there by --mode=reflow_pairs from a trained
-    flow, read by --mode=train)."""
+    flow, read by --mode=train); distill_steps k > 0: distil those pairs for k Euler steps
+    instead, with distill_loss l2 | lpips | lpips+l2 (LPIPS for k = 1 only, its weights .npz
+    lpips_weights, images resized to lpips_resize)."""
     return dict(interpolant=interpolant, sigma_min=0.0, prediction=prediction,
                 t_distribution="uniform", logit_mean=0.0, logit_std=1.0, loss_weighting="none",
-                train_eps=0.0, time_scale=1.0, label_dropout=0.0, coupling_dir="")
+                train_eps=0.0, time_scale=1.0, label_dropout=0.0, coupling_dir="",
+                distill_steps=0, distill_loss="l2", lpips_weights="", lpips_resize=224)
 
 
 def reflow_defaults() -> dict:

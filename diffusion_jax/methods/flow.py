@@ -13,7 +13,13 @@ the editing tasks run on it; the flow-native samplers (`samplers.flow`) run on t
 Guidance combines the raw predictions (the same combination as on D: each is affine in x0 with
 coefficients of t alone). Reflow (Liu et al. 2023, Alg. 1; `diffusion_jax.reflow`): a `coupled`
 model trains on fixed pairs (x, eps) of a flow's ODE, each batch image the pair concatenated on
-the channel axis, instead of drawing eps independently of x.
+the channel axis, instead of drawing eps independently of x. With `distill_steps` k > 0 the
+coupled model is distilled for k Euler steps instead (gnobitab/RectifiedFlow `losses.py`,
+`reflow_t_schedule` 't0' for k = 1, the integer k otherwise): t only on the k-step grid
+1 - train_eps - j (1 - train_eps) / k, j = 0..k-1 (their t_L = j (1 - eps) / k + eps in their
+time t_L = 1 - t), and for k = 1 the `distill_loss` may be LPIPS (Liu et al. 2023, Sec. 5.1:
+the best one-step distance) between the one-step sample eps - F and x (their `z0 + score`,
+taken from the noise eps itself, as they do), or LPIPS plus the velocity's squared error.
 """
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import guidance
+from diffusion_jax.errors import ConfigError
+from diffusion_jax.losses import lpips
+from diffusion_jax.methods.base import WeightsFile
 from diffusion_jax.methods.network import NetworkMethod, train_condition
 from diffusion_jax.processes import interpolants
 from diffusion_jax.samplers import flow as flow_samplers
@@ -31,6 +40,14 @@ from diffusion_jax.samplers import solvers
 from diffusion_jax.samplers.sampler import Sampler
 
 PREDICTIONS = {"velocity": "velocity", "noise": "eps", "score": "score"}  # -> interpolants'
+DISTILL_LOSSES = ("l2", "lpips", "lpips+l2")
+
+
+def distill_times(num_steps: int, train_eps: float) -> jax.Array:
+    """The k = `num_steps` training times of k-step distillation, from the noise end: 1 - eps -
+    j (1 - eps) / k, j = 0..k-1 (RectifiedFlow's grid in t = 1 - t_L)."""
+    j = jnp.arange(num_steps, dtype=jnp.float32)
+    return 1.0 - train_eps - j * (1.0 - train_eps) / num_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +72,10 @@ class Flow(NetworkMethod):
     label_dropout: float = 0.0
     caption_length: int = 0
     coupled: bool = False  # batches are reflow pairs [x, eps] (channels 2 C)
+    distill_steps: int = 0  # > 0 (coupled): distil for this many Euler steps, t on their grid
+    distill_loss: str = "l2"  # 'l2', 'lpips' or 'lpips+l2' (LPIPS: one-step distillation)
+    lpips_weights: str = ""  # the LPIPS .npz (`losses.lpips`) of an LPIPS distill_loss
+    lpips_resize: int = 224  # images are resized bilinearly to this size before LPIPS
 
     has_denoiser: ClassVar[bool] = True
     default_sampler: ClassVar[Sampler] = Sampler(method="flow_heun", num_steps=32, rtol=1e-3,
@@ -73,8 +94,36 @@ class Flow(NetworkMethod):
             return out[..., :x.shape[-1]]
         return F
 
+    # --- aux state: the LPIPS weights of one-step distillation --------------------------------
+    @property
+    def uses_lpips(self) -> bool:
+        return self.distill_loss != "l2"
+
+    def requirements(self) -> dict:
+        return {"lpips": WeightsFile("lpips", self.lpips_weights)} if self.uses_lpips else {}
+
+    def init_aux(self, params, rng):
+        """{} or the shapes of the LPIPS weights (restored by `start`); a ConfigError for a
+        distillation without pairs or without its LPIPS weights file."""
+        if self.distill_steps and not self.coupled:
+            raise ConfigError(f"flow.distill_steps={self.distill_steps} distils the fixed pairs "
+                              f"of flow.coupling_dir: set a coupling_dir, or distill_steps=0")
+        if not self.uses_lpips:
+            return {}
+        if not self.lpips_weights:
+            raise ConfigError(f"flow.distill_loss={self.distill_loss!r} needs flow.lpips_weights:"
+                              f" the .npz made by tools/convert_lpips_weights.py")
+        return {"lpips": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                      lpips.abstract_lpips_params())}
+
+    def start(self, params, aux, resources):
+        return params, {**aux, **resources}
+
     def sample_t(self, rng: jax.Array, n: int) -> jax.Array:
-        """Training times from `t_distribution`."""
+        """Training times from `t_distribution`, or of distillation on its k-step grid."""
+        if self.distill_steps:
+            grid = distill_times(self.distill_steps, self.train_eps)
+            return grid[jax.random.randint(rng, (n,), 0, self.distill_steps)]
         if self.t_distribution == "logit_normal":
             return interpolants.sample_logit_normal(rng, n, self.logit_mean, self.logit_std)
         if self.t_distribution == "skewed":
@@ -107,9 +156,24 @@ class Flow(NetworkMethod):
             eps = jax.random.normal(eps_rng, x.shape, x.dtype)
         t = self.sample_t(t_rng, x.shape[0])
         cond = train_condition(self, batch, label_rng)
-        per_example = self.per_example_loss(self.network(params, train=True, rng=dropout_rng),
-                                            x, t, eps, cond)
-        return jnp.mean(per_example), {}
+        fn = self.network(params, train=True, rng=dropout_rng)
+        if self.uses_lpips:
+            return self.lpips_distill_loss(fn, aux["lpips"], x, t, eps, cond)
+        return jnp.mean(self.per_example_loss(fn, x, t, eps, cond)), {}
+
+    def lpips_distill_loss(self, fn: Callable, lpips_params, x, t, eps, cond=None) -> tuple:
+        """One-step distillation (RectifiedFlow `reflow_loss` 'lpips' / 'lpips+l2'):
+        LPIPS(eps - F(x_t, t), x) on the velocity F at t = 1 - train_eps, plus for 'lpips+l2'
+        the velocity's squared error averaged over pixels; batch means."""
+        x_t = interpolants.interpolate(self.path, t, x, eps)
+        pred = fn(x_t, t) if cond is None else fn(x_t, t, cond)
+        distance = lpips.lpips_distance_fn(lpips_params, resize_to=self.lpips_resize)
+        perceptual = distance(eps - pred, x)
+        if self.distill_loss == "lpips":
+            return jnp.mean(perceptual), {}
+        l2 = jnp.mean((pred - interpolants.velocity(self.path, t, x, eps)) ** 2,
+                      tuple(range(1, x.ndim)))
+        return jnp.mean(perceptual + l2), {"lpips": jnp.mean(perceptual), "l2": jnp.mean(l2)}
 
     def guided_prediction(self, params, cond, sampler: Sampler) -> Callable:
         """F guided as `sampler.guidance` says (`guidance.guide`, the interval in EDM sigma
