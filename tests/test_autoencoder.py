@@ -103,6 +103,7 @@ def test_loss_terms_by_value_and_decoded_prior_samples():
     assert samples.shape == (2, 8, 8, 1)
 
 
+@pytest.mark.slow
 def test_lpips_perceptual_term_reads_its_weights_file(tmp_path):
     from diffusion_jax.losses import lpips
 

@@ -37,12 +37,10 @@ def test_boundary_condition_holds_exactly_for_random_parameters():
     config = digits_cd.get_config()
     config.model.update(nf=8, attn_resolutions=())
     method = builders.build_method(config)
-    params = method.init_params(jax.random.PRNGKey(0))
     # random weights everywhere (the zero-initialised output layer would hide the network)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = tree.unflatten([l + 0.3 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
-    f = method.consistency_fn(params)
+    params = helpers.random_params(jax.eval_shape(method.init_params, jax.random.PRNGKey(0)),
+                                   seed=1, scale=0.3)
+    f = jax.jit(method.consistency_fn(params))  # one program for both noise levels
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 1))
     np.testing.assert_array_equal(np.asarray(f(x, jnp.full((4,), SIGMA_MIN))), np.asarray(x))
     away = np.asarray(f(x, jnp.full((4,), 1.0)))
@@ -173,6 +171,7 @@ def _heun_endpoint(z, num_scales=18):
     return x
 
 
+@pytest.mark.slow
 def test_distilled_model_maps_noise_to_the_exact_ode_endpoint(distilled):
     """Measured (4000 steps): RMS 0.021 to the teacher's 18-step Heun endpoint, 0.049 to the
     exact endpoint, whose distance to the Heun endpoint (0.036) is the teacher's discretisation
@@ -190,6 +189,7 @@ def test_distilled_model_maps_noise_to_the_exact_ode_endpoint(distilled):
     assert float(stats["nfe"]) == 1.0
 
 
+@pytest.mark.slow
 def test_one_and_two_step_samples_match_the_data_moments(distilled):
     """One step: measured mean error 0.01, covariance error 0.04 (the 18-step teacher's own
     endpoint has 0.033). Two steps through sigma = 0.8 lean on the student's accuracy at an
@@ -221,6 +221,7 @@ def test_multistep_grid_and_sampler():
     np.testing.assert_allclose(np.cov(np.asarray(x).T), COV, atol=0.03)
 
 
+@pytest.mark.slow
 def test_inpainting_keeps_known_pixels_and_sdedit_zero_is_identity(distilled):
     method, params, aux, _ = distilled
     x = GAUSSIAN.sample(jax.random.PRNGKey(7), 16)
@@ -346,18 +347,15 @@ def test_digits_teacher_then_cd_then_one_and_two_step_samples_through_the_launch
     assert result.returncode == 2 and "does not match" in result.stderr
 
 
+@pytest.mark.slow
 def test_lpips_distance_reads_its_weights_from_the_configured_file(tmp_path):
     """CT with the LPIPS distance: the launcher layer reads the weights named by
     consistency.lpips_weights (`runs.resolve`) into the aux state, and the loss is the LPIPS distance between
     online and target outputs (zero for identical networks at identical inputs)."""
     from diffusion_jax.losses import lpips
 
-    leaves, tree = jax.tree.flatten(lpips.abstract_lpips_params())
-    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-    weights = tree.unflatten([jnp.abs(0.05 * jax.random.normal(k, s.shape))
-                              for k, s in zip(keys, leaves)])
     path = str(tmp_path / "lpips.npz")
-    lpips.save_lpips_params(path, weights)
+    weights = helpers.write_random_lpips_weights(path)
     config = digits_cd.get_config()
     config.model.update(nf=8, attn_resolutions=())
     config.consistency.update(training_mode="ct", init_from_teacher=False, distance="lpips",

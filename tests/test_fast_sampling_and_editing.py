@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import edit, sample, tiny_ddpm_config
+from helpers import edit, random_params, sample, tiny_ddpm_config
 
 from diffusion_jax import analytic, builders, denoisers, launcher
 from diffusion_jax.errors import ConfigError
@@ -110,12 +110,8 @@ def test_unknown_edit_task_is_a_config_error():
 def edm_cond():
     method = builders.build_method(tiny_edm_config(
         __import__("configs.edm.digits_cond", fromlist=["get_config"]).get_config))
-    params = method.init_params(jax.random.key(0))
     # random weights everywhere: the zero-initialised output layer would hide the labels
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
-    return method, jax.tree.unflatten(tree, leaves)
+    return method, random_params(jax.eval_shape(method.init_params, jax.random.key(0)), seed=1)
 
 
 def test_edm_edit_inpaints_known_pixels_and_sdedit_zero_is_identity(edm_cond):

@@ -46,6 +46,7 @@ def fine_tuning_state(config):
                                                        initial=initial)
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_run_starts_from_the_source_weights_with_a_fresh_optimizer(source):
     workdir, src = source
     assert int(src.step) == 3
@@ -67,6 +68,7 @@ def test_a_fine_tuned_run_starts_from_the_source_weights_with_a_fresh_optimizer(
                               flat(src.params)["conv_out/kernel"])
 
 
+@pytest.mark.slow
 def test_a_step_of_the_source_and_an_imported_checkpoint_work_the_same(source, tmp_path):
     workdir, src = source
     config = tiny_ddpm_config(init_from=f"{workdir}:3")
@@ -82,6 +84,7 @@ def test_a_step_of_the_source_and_an_imported_checkpoint_work_the_same(source, t
     assert_identical(state.ema_params, imported)
 
 
+@pytest.mark.slow
 def test_a_mismatch_is_one_line_naming_the_paths_unless_init_allow_missing_admits_them(source):
     workdir, src = source
     config = tiny_ddpm_config(init_from=workdir)

@@ -41,6 +41,7 @@ def autoencoder_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_autoencoder_reconstructs_digits_after_a_short_run(autoencoder_run):
     _, method, state = restore_run(autoencoder_run, parallel.make_mesh(jax.devices()[:1]))
     train, _ = digits.load_digits_arrays("train")

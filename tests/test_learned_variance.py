@@ -167,6 +167,7 @@ def test_the_bound_term_of_the_hybrid_loss_has_its_closed_form_expectation(t, v)
     assert abs(vb.mean() - expected(v)) > 4 * se
 
 
+@pytest.mark.slow
 def test_the_hybrid_loss_trains_the_mean_by_mse_and_the_variance_by_the_bound():
     """DiT's split: the gradient of the hybrid loss w.r.t. the mean's parameter equals that of
     the MSE alone (the bound sees the mean under stop-gradient), and w.r.t. the variance

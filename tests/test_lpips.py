@@ -48,6 +48,7 @@ def _converter():
     return module
 
 
+@pytest.mark.slow
 def test_distance_is_zero_on_itself_symmetric_nonnegative_and_grows_with_the_perturbation():
     params = _random_params()
     x = _images(0)

@@ -86,6 +86,7 @@ def prompt_pairs(ref):
     return np.stack([ref["prompt_ids"], ref["negative_ids"]], axis=1)  # (2, 2, 77)
 
 
+@pytest.mark.slow
 def test_text_to_image_equals_diffusers_pipeline():
     """StableDiffusionPipeline, DPMSolverMultistepScheduler, guidance 7.5, per-prompt negative
     prompts, 20 steps on timesteps 999, 949, ..., 50: the same final latents. diffusers' x_T
@@ -106,6 +107,7 @@ def test_text_to_image_equals_diffusers_pipeline():
     assert max_err(decoded, np.clip(ref["decoded"], -1, 1)) < 1e-4
 
 
+@pytest.mark.slow
 def test_img2img_equals_diffusers_pipeline():
     """StableDiffusionImg2ImgPipeline at strength 0.75: the init latents are s (mean + std n) of
     the VAE posterior of 2 x - 1; the run is the last int(0.75 * 20) = 15 steps (749, ..., 50)

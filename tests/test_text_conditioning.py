@@ -204,6 +204,7 @@ def _check_the_caption_reaches_the_loss(method, abstract):
     assert first != other, first  # an ignored caption gives bit-identical losses
 
 
+@pytest.mark.slow
 def test_a_text_conditional_ncsnpp_trains_through_the_edm_loss():
     config = tiny_text_config(shapes_edm_ddpmpp)
     config.model.update(ch_mult=(1,), resblock_type="ddpm")  # quick to compile; the middle attends
@@ -297,6 +298,7 @@ def test_guided_samples_follow_the_caption_colour_more_often(trained_text_model)
     assert guided[0.0] >= unguided[0.0]
 
 
+@pytest.mark.slow
 def test_prompt_in_sample_mode_draws_that_caption(trained_text_model):
     _, workdir = trained_text_model
     result = _launch_one_device(workdir, "--mode=sample", f"--prompt={RED_LEFT}",
