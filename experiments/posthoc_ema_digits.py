@@ -13,6 +13,14 @@ digits, it is not FID). The run's traditional EMA (`training.ema_decay` 0.999) a
 weights are rows too. Writes `results.md`, `posthoc_ema_digits.csv` and
 `posthoc_ema_digits.png` (distance against sigma_rel). `:quick` is a CPU-sized version the
 tests run: a tiny network, 8 steps, 16 samples of 4 Heun steps, two widths.
+
+Measured (2026-12-07, 2 CPU cores, 9:13 in all with the training): digits Frechet distance
+2.52, 2.38, 2.31, 2.30, 2.22, 2.21, 2.20, 2.26, 2.52 at sigma_rel 0.02, 0.03, 0.05, 0.07, 0.10,
+0.13, 0.17, 0.21, 0.25; the traditional EMA gives 2.30 (with EDM's ramp-up its half-life is 5%
+of training, 100 steps: a profile of sigma_rel about 0.07, where the reconstruction also gives
+2.30), the raw weights 9.73. The optimum near 0.17 beats the traditional EMA by 0.1, about
+the size of the distance's sampling noise at 1000 samples (not measured here), so on digits the
+curve's shape is the result, not the gain.
 """
 from __future__ import annotations
 
@@ -110,7 +118,14 @@ def _plot(rows, path: str) -> None:
     sweep = [(r["sigma_rel"], r["digits_frechet"]) for r in rows if r["sigma_rel"] != ""]
     ax.plot(*zip(*sweep), marker="o", label="post-hoc EMA")
     for r, style in zip([r for r in rows if r["sigma_rel"] == ""], ("--", ":")):
-        ax.axhline(r["digits_frechet"], linestyle=style, color="gray", label=r["weights"])
+        ax.axhline(r["digits_frechet"], linestyle=style, color="gray",
+                   label=f"{r['weights']} ({r['digits_frechet']:.2f})")
+    # the axis spans the sweep (a far worse reference line, e.g. the raw weights, would flatten
+    # the curve; its value stays in the legend)
+    low, high = min(v for _, v in sweep), max(v for _, v in sweep)
+    refs = [r["digits_frechet"] for r in rows if r["sigma_rel"] == ""]
+    high = max([high] + [v for v in refs if v < 2 * high])
+    ax.set_ylim(low - 0.1 * (high - low) - 1e-3, high + 0.25 * (high - low) + 1e-3)
     ax.set(xlabel="EMA length sigma_rel", ylabel="digits Frechet distance (not FID)",
            title="post-hoc EMA on digits (cf. EDM2 Fig. 5)")
     ax.legend()
