@@ -88,11 +88,15 @@ def _run_child(items, devices):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Modules with device-marked tests (each starts a child pytest) first, the rest in their
-    order: pytest-xdist hands out whole files in this order, so the longest files do not start
-    last and leave the other workers idle at the end."""
+    """Modules with device-marked tests (each starts a child pytest) first, then the others by
+    their number of tests, most first (ties and the tests within a module in collection order):
+    pytest-xdist hands out whole files in this order, so long files do not start last and leave
+    the other workers idle at the end."""
     children = {i.module.__name__ for i in items if _devices(i) is not None}
-    items.sort(key=lambda i: i.module.__name__ not in children)
+    counts = {}
+    for i in items:
+        counts[i.module.__name__] = counts.get(i.module.__name__, 0) + 1
+    items.sort(key=lambda i: (i.module.__name__ not in children, -counts[i.module.__name__]))
 
 
 def pytest_runtest_setup(item):

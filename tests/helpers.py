@@ -36,7 +36,9 @@ def launch_one_device(*args, timeout=600):
     the suite's eight fake devices."""
     import subprocess
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    device_flag = "--xla_force_host_platform_device_count"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(device_flag)]
+    env = dict(os.environ, XLA_FLAGS=" ".join(flags + [f"{device_flag}=1"]))  # keeps the rest
     return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 

@@ -70,6 +70,7 @@ def _independent_terms(method, params, x, rng):
     return x_rec, l1, kl
 
 
+@pytest.mark.slow
 def test_loss_terms_by_value_and_decoded_prior_samples():
     method = _tiny_method(kl_weight=0.5, perceptual_weight=2.0)
     assert method.noise_shape == (4, 4, 2)

@@ -206,6 +206,7 @@ def test_jvp_through_the_whole_network_matches_finite_differences():
     assert error(du_no_t) > 1e-3
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_outputs_gradients_and_tangents():
     model, params, x, t, h, y = _tiny_mean_flow()
 

@@ -180,6 +180,7 @@ class DoubledInit(EDM2):
         return jax.tree.map(lambda w: 2.0 * w, super().init_params(rng))
 
 
+@pytest.mark.slow
 def test_fresh_parameters_are_constrained_and_latent_diffusion_forwards_the_hook():
     config = tiny_config()
     edm2 = builders.build_method(config)

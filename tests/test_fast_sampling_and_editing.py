@@ -126,6 +126,7 @@ def test_edm_edit_inpaints_known_pixels_and_sdedit_zero_is_identity(edm_cond):
     np.testing.assert_array_equal(same, x)
 
 
+@pytest.mark.slow
 def test_edm_guidance_options(edm_cond):
     method, params = edm_cond
     x_init = jax.random.normal(jax.random.key(3), (4, 8, 8, 1))

@@ -189,6 +189,7 @@ def test_an_edm_state_dict_file_imports_as_its_snapshot(tmp_path):
     assert config2.model == config.model and config.edm.precond == "edm"
 
 
+@pytest.mark.slow
 def test_write_imported_run_is_restored_as_a_training_run(tmp_path):
     """The work directory of an import restores through the launcher's path
     (`runs.restore`): params and EMA params are the imported weights."""

@@ -97,6 +97,7 @@ def test_sample_without_checkpoint_is_a_one_line_error(tmp_path):
     assert_one_line_error(launch(f"--workdir={tmp_path}", "--mode=sample"), "no checkpoint")
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_in_one_line(tmp_path,
                                                                               trained):
     import shutil

@@ -279,6 +279,7 @@ def test_the_loss_by_value_on_a_tiny_network():
                   > 1e-2 * np.asarray(expected_raw)[rows]), (fm_raw, expected_raw)
 
 
+@pytest.mark.slow
 def test_the_loss_runs_on_a_batch_and_trains_the_network():
     """loss(params, batch, rng): a finite scalar below 1 (p = 1 normalises each example) with
     finite gradients on every parameter, and metrics mse, v_loss."""

@@ -262,6 +262,7 @@ def test_zero_terminal_snr_trains_on_the_rescaled_schedule_and_samples_on_the_cl
     assert grid[0] == pytest.approx(4096.0, rel=1e-4) and grid[-1] == 0.0 and len(grid) == 5
 
 
+@pytest.mark.slow
 def test_zero_terminal_snr_samples_are_finite_from_pure_noise():
     """A v-network sampled with UniPC on the trailing grid from sigma_T = 4096: finite images
     (a tiny random network; the point is that nothing divides by alpha_T = 0)."""

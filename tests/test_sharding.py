@@ -200,6 +200,7 @@ def test_remat_gives_the_same_gradients_and_parameter_tree():
     _assert_trees_close(grad(plain), grad(remat), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_changes_the_output_only_by_bf16_rounding():
     """bf16 compute with the same float32 parameters: the relative error of the output is of
     the order of bf16's precision (2^-8 per operation), far below the output's scale."""
