@@ -373,6 +373,9 @@ def build_flow(config, model, image_shape):
         raise ConfigError("flow.coupling_dir trains on fixed reflow pairs, which a flip would "
                           "break: set data.random_flip=False")
     check_flow_distillation(f)
+    if f.distill_loss != "l2" and is_latent(config):
+        raise ConfigError("an LPIPS flow.distill_loss compares images: it needs a flow on pixels, "
+                          "not on latents (latent.vae / latent.autoencoder_workdir)")
     return Flow(model=model, image_shape=image_shape, path=path, prediction=f.prediction,
                 t_distribution=f.t_distribution, logit_mean=f.logit_mean,
                 logit_std=f.logit_std, loss_weighting=f.loss_weighting, train_eps=f.train_eps,

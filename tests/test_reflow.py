@@ -214,6 +214,11 @@ def test_distillation_config_errors_are_one_line():
         build(distill_loss="lpips", prediction="noise")
     with pytest.raises(ConfigError, match="flow.lpips_weights"):
         build(distill_loss="lpips", lpips_weights="/nonexistent/lpips.npz")
+    latent = digits_rectified_flow_distill.get_config()
+    latent.flow.distill_loss = "lpips"
+    latent.latent.vae = "sd-vae-ft-mse"
+    with pytest.raises(ConfigError, match="flow on pixels"):
+        builders.build_method(latent)
     method = build()  # no flow.coupling_dir: the run cannot start
     with pytest.raises(ConfigError, match="coupling_dir"):
         method.init_aux(None, jax.random.key(0))
