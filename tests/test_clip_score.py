@@ -198,6 +198,7 @@ def test_eval_mode_of_stable_diffusion_gives_fid_against_the_folder_and_clip_sco
     print("eval metrics", metrics, "rolled captions", rolled)
 
 
+@pytest.mark.slow
 def test_eval_mode_names_a_missing_file_before_sampling(tmp_path):
     from diffusion_jax import launcher
 

@@ -288,6 +288,7 @@ def test_ct_and_ict_learn_the_gaussian_from_data_alone():
         np.testing.assert_allclose(np.diag(np.cov(x.T)), np.diag(COV), rtol=0.2, err_msg=mode)
 
 
+@pytest.mark.slow
 def test_cd_without_teacher_and_bad_names_are_config_errors(tmp_path):
     config = digits_cd.get_config()
     method = builders.build_method(config)  # buildable (e.g. --mode=info) without a teacher
@@ -396,6 +397,7 @@ def test_consistency_steps_experiment_quick_through_the_launcher(tmp_path):
     assert (tmp_path / "consistency_steps.png").exists()
 
 
+@pytest.mark.slow
 def test_cifar10_configs_build_the_papers_56_40m_network():
     from diffusion_jax.model_size import count_params
     from configs.consistency import cifar10_cd_l2, cifar10_cd_lpips, cifar10_ct, cifar10_ict

@@ -63,6 +63,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     assert pool3.dtype == jnp.float32 and logits.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_saved_and_loaded_random_weights_give_the_same_features(tmp_path):
     variables = _random_variables()
     path = tmp_path / "inception.npz"

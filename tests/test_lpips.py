@@ -66,6 +66,7 @@ def test_distance_is_zero_on_itself_symmetric_nonnegative_and_grows_with_the_per
     assert np.all(distances[0] < distances[1]) and np.all(distances[1] < distances[2])
 
 
+@pytest.mark.slow
 def test_output_shape_for_grayscale_8x8_and_rgb_32x32():
     params = _random_params()
     fn = lpips.lpips_distance_fn(params, resize_to=SIZE)  # 8x8 -> bilinear 32x32

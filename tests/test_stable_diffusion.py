@@ -168,6 +168,7 @@ def test_sample_mode_runs_from_a_model_directory_and_matches_the_python_api(tmp_
     assert max_err(pipe([PROMPT] * 4, NEGATIVE, seed=43, output="array"), cli) > 1e-2
 
 
+@pytest.mark.slow
 def test_sample_mode_without_weights_is_a_config_error(tmp_path):
     from diffusion_jax import launcher
     from diffusion_jax.errors import ConfigError
