@@ -338,10 +338,7 @@ def _coupling(path: str, method) -> tuple:
 
 def _barrier() -> None:
     """Every process waits for all (the shards of a latent cache); nothing with one process."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("latent cache")
+    parallel.wait_for_all_processes("latent cache")
 
 
 def _check_same_tree(what: str, source, expected) -> None:

@@ -21,6 +21,7 @@ from typing import Optional
 import orbax.checkpoint as ocp
 from etils import epath
 
+from diffusion_jax import parallel
 from diffusion_jax.errors import CheckpointError
 
 
@@ -69,6 +70,8 @@ class Checkpointer:
                                                     enable_async_checkpointing=async_save,
                                                     read_only=read_only, create=not read_only)
         self.read_only = read_only
+        if not read_only:  # orbax then syncs the processes, often a run's first collective:
+            parallel.wait_for_all_processes(f"checkpoints {self.directory}")  # meet first
         self.manager = self._manager()
 
     def _manager(self) -> ocp.CheckpointManager:
