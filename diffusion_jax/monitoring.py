@@ -35,8 +35,10 @@ def check(config) -> None:
 
 
 def training_hooks(config, workdir: str, mesh, method, sampler, conditions=None) -> Hooks:
-    """The hooks of one training run in `workdir` (process 0 calls them)."""
+    """The hooks of one training run in `workdir` (process 0 calls them; only process 0 opens
+    the TensorBoard writer and the W&B run, so other processes create no files there)."""
     on_log, on_checkpoint = [], []
+    main = jax.process_index() == 0
     plot_path = os.path.join(workdir, "plots", "loss.png")
     last_plot = [0.0]
 
@@ -48,7 +50,7 @@ def training_hooks(config, workdir: str, mesh, method, sampler, conditions=None)
     on_log.append(lambda step, metrics: plot(step))
     on_log.append(collapse_warning(config.training.num_steps))
     on_checkpoint.append(lambda step, state: plot(step, force=True))
-    if config.logging.tensorboard:
+    if config.logging.tensorboard and main:
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -58,7 +60,7 @@ def training_hooks(config, workdir: str, mesh, method, sampler, conditions=None)
                 writer.add_scalar(key, value, step)
             writer.flush()
         on_log.append(tensorboard)
-    if config.logging.wandb_project:
+    if config.logging.wandb_project and main:
         import wandb
 
         run = wandb.init(project=config.logging.wandb_project, dir=workdir, resume="allow",
