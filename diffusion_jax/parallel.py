@@ -36,17 +36,22 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
         jax.distributed.initialize()
 
 
+_barrier_counts = collections.Counter()  # a coordination-service barrier id is used once
+
+
 def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
     """Every process waits here until all arrive, on jax.distributed's coordination service (not
     a device collective); nothing with one process. Processes that reach their first
     collective minutes apart (compilation, data loading, a latent cache's uneven shards) would
-    otherwise time out the CPU backend's Gloo context, which waits a fixed 30 s."""
+    otherwise time out the CPU backend's Gloo context, which waits a fixed 30 s. The n-th wait
+    of a `name` is barrier `name#n` on every process (all call it in the same order)."""
     if jax.process_count() == 1:
         return
     import orbax.checkpoint as ocp
 
+    _barrier_counts[name] += 1
     ocp.multihost.get_jax_distributed_client().wait_at_barrier(
-        f"diffusion_jax:{name}", timeout_in_ms=timeout_s * 1000)
+        f"diffusion_jax:{name}#{_barrier_counts[name]}", timeout_in_ms=timeout_s * 1000)
 
 
 def make_mesh(devices=None, data: int = -1, fsdp: int = 1) -> Mesh:

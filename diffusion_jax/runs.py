@@ -6,6 +6,7 @@ weights, a weights file, calibration images) and builds the training data a meth
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Callable, Optional
@@ -317,7 +318,8 @@ def training_data(method, config):
             return data_cache.cached_source(
                 spec.path, lambda x: spec.encode(aux, x), spec.example_shape, source, decode,
                 views=spec.views, encoder=spec.encoder, process_index=jax.process_index(),
-                process_count=jax.process_count(), barrier=_barrier,
+                process_count=jax.process_count(),
+                barrier=functools.partial(parallel.wait_for_all_processes, "latent cache"),
                 progress=lambda n: progress.update(n, line=True))
         finally:
             progress.close()
@@ -334,11 +336,6 @@ def _coupling(path: str, method) -> tuple:
         raise ConfigError(f"the reflow pairs in {path} are {pairs.manifest['example_shape']}, "
                           f"not the [x, eps] pairs {[h, w, 2 * c]} of this model's images")
     return pairs, lambda ex: (np.asarray(ex["image"]), ex["label"])
-
-
-def _barrier() -> None:
-    """Every process waits for all (the shards of a latent cache); nothing with one process."""
-    parallel.wait_for_all_processes("latent cache")
 
 
 def _check_same_tree(what: str, source, expected) -> None:

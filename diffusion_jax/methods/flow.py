@@ -116,9 +116,6 @@ class Flow(NetworkMethod):
         return {"lpips": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                       lpips.abstract_lpips_params())}
 
-    def start(self, params, aux, resources):
-        return params, {**aux, **resources}
-
     def sample_t(self, rng: jax.Array, n: int) -> jax.Array:
         """Training times from `t_distribution`, or of distillation on its k-step grid."""
         if self.distill_steps:
